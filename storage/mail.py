@@ -1,0 +1,526 @@
+"""Mailboxes and messages: the IMAP view of the index.
+
+Everything on the SELECT / FETCH FLAGS / STORE paths reads and writes index
+rows only; bodies are decrypted only when a caller asks for content.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import and_, case, delete, func, insert, select, update
+
+from . import models as m
+from .addresses import validate_mailbox_name
+from .errors import ConflictError, InvalidInputError, NotFoundError, QuotaExceededError
+from .flags import DELETED, SEEN, join_flags, keywords_text, split_flags
+from .records import Mailbox, MailboxStatus, MessageInfo, User
+
+if TYPE_CHECKING:
+    from .blobs import BlobReader
+    from .store import Store
+
+DEFAULT_MAILBOXES = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Junk", "\\Junk"),
+    ("Trash", "\\Trash"),
+    ("Archive", "\\Archive"),
+)
+SPECIAL_USES = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
+
+
+def _mailbox(r) -> Mailbox:  # type: ignore[no-untyped-def]
+    return Mailbox(r.id, r.user_id, r.name, r.uidvalidity, r.uidnext, r.highestmodseq, r.special_use, r.subscribed)
+
+
+def _info(r) -> MessageInfo:  # type: ignore[no-untyped-def]
+    return MessageInfo(r.id, r.mailbox_id, r.uid, r.blob_id, r.size, r.internal_date, join_flags(r.flags, r.keywords), r.modseq)
+
+
+def new_uidvalidity() -> int:
+    # Seconds since the epoch keep UIDVALIDITY growing across re-creations;
+    # the random low bits keep two creations in one second apart.
+    return (int(time.time()) & 0x7FFFFF) << 8 | random.randint(0, 255)
+
+
+_INFO_COLS = (
+    m.messages.c.id,
+    m.messages.c.mailbox_id,
+    m.messages.c.uid,
+    m.messages.c.blob_id,
+    m.messages.c.size,
+    m.messages.c.internal_date,
+    m.messages.c.flags,
+    m.messages.c.keywords,
+    m.messages.c.modseq,
+)
+
+
+class MailStore:
+    def __init__(self, store: Store) -> None:
+        self._s = store
+        self._meta_cache: OrderedDict[tuple[int, str], dict] = OrderedDict()
+        self._summary_cache: OrderedDict[int, dict] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # -------------------------------------------------------------- mailboxes
+    def create_default_mailboxes(self, user_id: int) -> None:
+        with self._s.write() as c:
+            for name, use in DEFAULT_MAILBOXES:
+                exists = c.execute(
+                    select(m.mailboxes.c.id).where(m.mailboxes.c.user_id == user_id, m.mailboxes.c.name == name)
+                ).first()
+                if not exists:
+                    self._insert_mailbox(c, user_id, name, use)
+
+    def _insert_mailbox(self, c, user_id: int, name: str, special_use: str | None) -> int:  # type: ignore[no-untyped-def]
+        return c.execute(
+            insert(m.mailboxes).values(
+                user_id=user_id,
+                name=name,
+                uidvalidity=new_uidvalidity(),
+                uidnext=1,
+                highestmodseq=1,
+                special_use=special_use,
+                subscribed=True,
+                created=time.time(),
+            )
+        ).inserted_primary_key[0]
+
+    def list_mailboxes(self, user_id: int) -> list[Mailbox]:
+        with self._s.read() as c:
+            rows = c.execute(select(m.mailboxes).where(m.mailboxes.c.user_id == user_id).order_by(m.mailboxes.c.name)).all()
+        return [_mailbox(r) for r in rows]
+
+    def get_mailbox(self, user_id: int, name: str) -> Mailbox:
+        name = validate_mailbox_name(name)
+        with self._s.read() as c:
+            r = c.execute(select(m.mailboxes).where(m.mailboxes.c.user_id == user_id, m.mailboxes.c.name == name)).first()
+        if r is None:
+            raise NotFoundError(f"no such mailbox: {name}")
+        return _mailbox(r)
+
+    def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox:
+        with self._s.read() as c:
+            r = c.execute(select(m.mailboxes).where(m.mailboxes.c.id == mailbox_id)).first()
+        if r is None:
+            raise NotFoundError(f"no such mailbox id: {mailbox_id}")
+        return _mailbox(r)
+
+    def find_special(self, user_id: int, special_use: str) -> Mailbox | None:
+        with self._s.read() as c:
+            r = c.execute(
+                select(m.mailboxes).where(m.mailboxes.c.user_id == user_id, m.mailboxes.c.special_use == special_use).limit(1)
+            ).first()
+        return _mailbox(r) if r else None
+
+    def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        name = validate_mailbox_name(name)
+        if special_use is not None and special_use not in SPECIAL_USES:
+            raise InvalidInputError(f"unknown special use {special_use}")
+        with self._s.write() as c:
+            count = c.execute(select(func.count()).select_from(m.mailboxes).where(m.mailboxes.c.user_id == user_id)).scalar_one()
+            if count >= self._s.max_mailboxes:
+                raise QuotaExceededError(f"too many mailboxes ({self._s.max_mailboxes} at most)")
+            if c.execute(select(m.mailboxes.c.id).where(m.mailboxes.c.user_id == user_id, m.mailboxes.c.name == name)).first():
+                raise ConflictError(f"mailbox {name} already exists")
+            if special_use and c.execute(
+                select(m.mailboxes.c.id).where(m.mailboxes.c.user_id == user_id, m.mailboxes.c.special_use == special_use)
+            ).first():
+                raise ConflictError(f"another mailbox is already {special_use}")
+            self._insert_mailbox(c, user_id, name, special_use)
+        return self.get_mailbox(user_id, name)
+
+    def rename_mailbox(self, user_id: int, old: str, new: str) -> None:
+        old = validate_mailbox_name(old)
+        new = validate_mailbox_name(new)
+        if old == "INBOX":
+            # RFC 3501: renaming INBOX moves its messages to the new name and leaves INBOX empty.
+            target = self.create_mailbox(user_id, new)
+            src = self.get_mailbox(user_id, "INBOX")
+            self.move(src.id, self.uids(src.id), target.id)
+            return
+        if new == "INBOX":
+            raise ConflictError("cannot rename a mailbox to INBOX")
+        with self._s.write() as c:
+            rows = c.execute(select(m.mailboxes.c.id, m.mailboxes.c.name).where(m.mailboxes.c.user_id == user_id)).all()
+            names = {r.name: r.id for r in rows}
+            if old not in names:
+                raise NotFoundError(f"no such mailbox: {old}")
+            if new in names:
+                raise ConflictError(f"mailbox {new} already exists")
+            if new.startswith(old + "/"):
+                raise InvalidInputError("cannot move a mailbox into itself")
+            for name, mid in names.items():
+                if name == old or name.startswith(old + "/"):
+                    c.execute(update(m.mailboxes).where(m.mailboxes.c.id == mid).values(name=new + name[len(old):]))
+
+    def delete_mailbox(self, user_id: int, name: str) -> None:
+        name = validate_mailbox_name(name)
+        if name == "INBOX":
+            raise InvalidInputError("INBOX cannot be deleted")
+        mb = self.get_mailbox(user_id, name)
+        blobs = self._expunge_rows(mb.id, None, delete_mailbox=True)
+        self._s.gc_blobs(user_id, blobs)
+        self._s.notify(mb.id)
+
+    def subscribe(self, user_id: int, name: str, subscribed: bool = True) -> None:
+        mb = self.get_mailbox(user_id, name)
+        with self._s.write() as c:
+            c.execute(update(m.mailboxes).where(m.mailboxes.c.id == mb.id).values(subscribed=subscribed))
+
+    def set_special_use(self, user_id: int, name: str, special_use: str | None) -> None:
+        if special_use is not None and special_use not in SPECIAL_USES:
+            raise InvalidInputError(f"unknown special use {special_use}")
+        mb = self.get_mailbox(user_id, name)
+        with self._s.write() as c:
+            c.execute(update(m.mailboxes).where(m.mailboxes.c.id == mb.id).values(special_use=special_use))
+
+    def status(self, mailbox_id: int) -> MailboxStatus:
+        mb = self.get_mailbox_by_id(mailbox_id)
+        q = select(
+            func.count(),
+            func.coalesce(func.sum(case((m.messages.c.flags.op("&")(SEEN) == 0, 1), else_=0)), 0),
+            func.coalesce(func.sum(m.messages.c.size), 0),
+            func.min(case((m.messages.c.flags.op("&")(SEEN) == 0, m.messages.c.uid), else_=None)),
+        ).where(m.messages.c.mailbox_id == mailbox_id)
+        with self._s.read() as c:
+            n, unseen, size, first_unseen = c.execute(q).one()
+        return MailboxStatus(mb, n, int(unseen), int(size), first_unseen)
+
+    # --------------------------------------------------------------- messages
+    def uids(self, mailbox_id: int) -> list[int]:
+        with self._s.read() as c:
+            return list(c.execute(select(m.messages.c.uid).where(m.messages.c.mailbox_id == mailbox_id).order_by(m.messages.c.uid)).scalars())
+
+    def uid_flags(self, mailbox_id: int) -> list[tuple[int, int, str | None, int]]:
+        """(uid, flag mask, keywords, modseq) of every message: the fast path for SELECT and FETCH FLAGS."""
+        with self._s.read() as c:
+            return [
+                (r[0], r[1], r[2], r[3])
+                for r in c.execute(
+                    select(m.messages.c.uid, m.messages.c.flags, m.messages.c.keywords, m.messages.c.modseq)
+                    .where(m.messages.c.mailbox_id == mailbox_id)
+                    .order_by(m.messages.c.uid)
+                )
+            ]
+
+    def messages(self, mailbox_id: int, uids: Iterable[int] | None = None) -> list[MessageInfo]:
+        q = select(*_INFO_COLS).where(m.messages.c.mailbox_id == mailbox_id).order_by(m.messages.c.uid)
+        if uids is not None:
+            wanted = sorted(set(uids))
+            if not wanted:
+                return []
+            if len(wanted) <= 500:
+                q = q.where(m.messages.c.uid.in_(wanted))
+            else:
+                q = q.where(m.messages.c.uid.between(wanted[0], wanted[-1]))
+            with self._s.read() as c:
+                keep = set(wanted)
+                return [_info(r) for r in c.execute(q) if r.uid in keep]
+        with self._s.read() as c:
+            return [_info(r) for r in c.execute(q)]
+
+    def message(self, mailbox_id: int, uid: int) -> MessageInfo:
+        got = self.messages(mailbox_id, [uid])
+        if not got:
+            raise NotFoundError(f"no message with UID {uid}")
+        return got[0]
+
+    def _user_uuid_for_mailbox(self, mailbox_id: int) -> str:
+        with self._s.read() as c:
+            r = c.execute(
+                select(m.users.c.uuid).join(m.mailboxes, m.mailboxes.c.user_id == m.users.c.id).where(m.mailboxes.c.id == mailbox_id)
+            ).first()
+        if r is None:
+            raise NotFoundError(f"no such mailbox id: {mailbox_id}")
+        return r.uuid
+
+    def meta(self, user: User, msg: MessageInfo) -> dict:
+        """Envelope, summary headers and MIME structure (decrypted from the index)."""
+        key = (msg.id, msg.blob_id)
+        with self._cache_lock:
+            hit = self._meta_cache.get(key)
+            if hit is not None:
+                self._meta_cache.move_to_end(key)
+                return hit
+        with self._s.read() as c:
+            sealed = c.execute(select(m.messages.c.meta).where(m.messages.c.id == msg.id)).scalar()
+        if sealed is None:
+            raise NotFoundError(f"message {msg.uid} is gone")
+        meta = json.loads(self._s.keyring.open(user.uuid, sealed, b"meta|" + msg.blob_id.encode()))
+        with self._cache_lock:
+            self._meta_cache[key] = meta
+            while len(self._meta_cache) > 2000:
+                self._meta_cache.popitem(last=False)
+        return meta
+
+    def summaries(self, user: User, mailbox_id: int, uids: Sequence[int] | None = None) -> dict[int, dict]:
+        """uid -> decoded search summary (subject, from, to, cc, bcc, sent date, message-id)."""
+        q = select(m.messages.c.id, m.messages.c.uid, m.messages.c.blob_id, m.messages.c.summary).where(
+            m.messages.c.mailbox_id == mailbox_id
+        )
+        if uids is not None and len(uids) <= 500:
+            q = q.where(m.messages.c.uid.in_(list(uids)))
+        out: dict[int, dict] = {}
+        keep = set(uids) if uids is not None else None
+        with self._s.read() as c:
+            rows = c.execute(q).all()
+        opener = self._s.keyring.open
+        for r in rows:
+            if keep is not None and r.uid not in keep:
+                continue
+            hit = self._summary_cache.get(r.id)
+            if hit is None:
+                hit = json.loads(opener(user.uuid, r.summary, b"summary|" + r.blob_id.encode()))
+                with self._cache_lock:
+                    self._summary_cache[r.id] = hit
+                    if len(self._summary_cache) > 250_000:
+                        self._summary_cache.popitem(last=False)
+            out[r.uid] = hit
+        return out
+
+    def open_blob(self, user: User, msg: MessageInfo) -> BlobReader:
+        return self._s.blobs.open(user.uuid, msg.blob_id)
+
+    def read(self, user: User, msg: MessageInfo) -> bytes:
+        with self._s.blobs.open(user.uuid, msg.blob_id) as reader:
+            return reader.read_all()
+
+    # ------------------------------------------------------------------ flags
+    def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str = "set",
+        *,
+        unchanged_since: int | None = None,
+    ) -> tuple[list[tuple[int, frozenset[str], int]], list[int]]:
+        """Change flags; returns ([(uid, new flags, modseq)] of changed, [uids failing UNCHANGEDSINCE])."""
+        if mode not in ("set", "add", "remove"):
+            raise InvalidInputError("mode must be set, add or remove")
+        try:
+            mask, keywords = split_flags(flags)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from exc
+        wanted = sorted(set(uids))
+        changed: list[tuple[int, frozenset[str], int]] = []
+        failed: list[int] = []
+        if not wanted:
+            return changed, failed
+        with self._s.write() as c:
+            rows = c.execute(
+                select(m.messages.c.id, m.messages.c.uid, m.messages.c.flags, m.messages.c.keywords, m.messages.c.modseq)
+                .where(m.messages.c.mailbox_id == mailbox_id, m.messages.c.uid.between(wanted[0], wanted[-1]))
+            ).all()
+            keep = set(wanted)
+            modseq = None
+            for r in rows:
+                if r.uid not in keep:
+                    continue
+                if unchanged_since is not None and r.modseq > unchanged_since:
+                    failed.append(r.uid)
+                    continue
+                old_kw = set(r.keywords.split(" ")) if r.keywords else set()
+                if mode == "set":
+                    new_mask, new_kw = mask, set(keywords)
+                elif mode == "add":
+                    new_mask, new_kw = r.flags | mask, old_kw | set(keywords)
+                else:
+                    new_mask, new_kw = r.flags & ~mask, old_kw - set(keywords)
+                if new_mask == r.flags and new_kw == old_kw:
+                    continue
+                if modseq is None:
+                    modseq = self._bump_modseq(c, mailbox_id)
+                c.execute(
+                    update(m.messages)
+                    .where(m.messages.c.id == r.id)
+                    .values(flags=new_mask, keywords=keywords_text(new_kw), modseq=modseq)
+                )
+                changed.append((r.uid, join_flags(new_mask, keywords_text(new_kw)), modseq))
+        if changed:
+            self._s.notify(mailbox_id)
+        return changed, failed
+
+    def _bump_modseq(self, c, mailbox_id: int) -> int:  # type: ignore[no-untyped-def]
+        c.execute(update(m.mailboxes).where(m.mailboxes.c.id == mailbox_id).values(highestmodseq=m.mailboxes.c.highestmodseq + 1))
+        return c.execute(select(m.mailboxes.c.highestmodseq).where(m.mailboxes.c.id == mailbox_id)).scalar_one()
+
+    def _allocate_uids(self, c, mailbox_id: int, n: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+        """Reserve n UIDs and one modseq; returns (first uid, modseq)."""
+        c.execute(
+            update(m.mailboxes)
+            .where(m.mailboxes.c.id == mailbox_id)
+            .values(uidnext=m.mailboxes.c.uidnext + n, highestmodseq=m.mailboxes.c.highestmodseq + 1)
+        )
+        r = c.execute(select(m.mailboxes.c.uidnext, m.mailboxes.c.highestmodseq).where(m.mailboxes.c.id == mailbox_id)).one()
+        return r.uidnext - n, r.highestmodseq
+
+    # ------------------------------------------------------ expunge/copy/move
+    def expunge(self, mailbox_id: int, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove messages flagged \\Deleted (restricted to ``uids`` when given, as UID EXPUNGE)."""
+        gone_uids: list[int] = []
+        user_id = self.get_mailbox_by_id(mailbox_id).user_id
+        blobs = self._expunge_rows(mailbox_id, uids, out_uids=gone_uids)
+        self._s.gc_blobs(user_id, blobs)
+        if gone_uids:
+            self._s.notify(mailbox_id)
+        return gone_uids
+
+    def _expunge_rows(
+        self, mailbox_id: int, uids: Iterable[int] | None, *, out_uids: list[int] | None = None, delete_mailbox: bool = False,
+        only_uids: bool = False,
+    ) -> set[str]:
+        keep = set(uids) if uids is not None else None
+        with self._s.write() as c:
+            q = select(m.messages.c.id, m.messages.c.uid, m.messages.c.blob_id, m.messages.c.size).where(m.messages.c.mailbox_id == mailbox_id)
+            if not delete_mailbox and not only_uids:
+                q = q.where(m.messages.c.flags.op("&")(DELETED) != 0)
+            rows = [r for r in c.execute(q.order_by(m.messages.c.uid)) if delete_mailbox or keep is None or r.uid in keep]
+            blobs = {r.blob_id for r in rows}
+            if rows:
+                modseq = self._bump_modseq(c, mailbox_id)
+                ids = [r.id for r in rows]
+                for i in range(0, len(ids), 500):
+                    c.execute(delete(m.messages).where(m.messages.c.id.in_(ids[i : i + 500])))
+                if not delete_mailbox:
+                    c.execute(insert(m.expunged), [{"mailbox_id": mailbox_id, "uid": r.uid, "modseq": modseq} for r in rows])
+                self._account(c, mailbox_id, -sum(r.size for r in rows), -len(rows))
+            if delete_mailbox:
+                c.execute(delete(m.mailboxes).where(m.mailboxes.c.id == mailbox_id))
+            if out_uids is not None:
+                out_uids.extend(r.uid for r in rows)
+        return blobs
+
+    def _account(self, c, mailbox_id: int, dbytes: int, dcount: int) -> None:  # type: ignore[no-untyped-def]
+        uid = select(m.mailboxes.c.user_id).where(m.mailboxes.c.id == mailbox_id).scalar_subquery()
+        c.execute(
+            update(m.users)
+            .where(m.users.c.id == uid)
+            .values(used_bytes=m.users.c.used_bytes + dbytes, used_messages=m.users.c.used_messages + dcount)
+        )
+
+    def copy(self, src_id: int, uids: Iterable[int], dst_id: int, *, move: bool = False) -> list[tuple[int, int]]:
+        """Copy (or atomically move) messages; returns [(source uid, new uid)] in UID order."""
+        src = self.get_mailbox_by_id(src_id)
+        dst = self.get_mailbox_by_id(dst_id)
+        if src.user_id != dst.user_id:
+            raise InvalidInputError("messages can only be copied between one user's mailboxes")
+        if src_id == dst_id and move:
+            raise InvalidInputError("source and destination are the same mailbox")
+        wanted = sorted(set(uids))
+        if not wanted:
+            return []
+        mapping: list[tuple[int, int]] = []
+        with self._s.write() as c:
+            rows = [
+                r
+                for r in c.execute(
+                    select(m.messages)
+                    .where(m.messages.c.mailbox_id == src_id, m.messages.c.uid.between(wanted[0], wanted[-1]))
+                    .order_by(m.messages.c.uid)
+                )
+                if r.uid in set(wanted)
+            ]
+            if not rows:
+                return []
+            if not move:
+                user = c.execute(select(m.users).where(m.users.c.id == src.user_id)).one()
+                size = sum(r.size for r in rows)
+                if user.quota_bytes and user.used_bytes + size > user.quota_bytes:
+                    raise QuotaExceededError("the copy would exceed the mailbox quota")
+                if user.quota_messages and user.used_messages + len(rows) > user.quota_messages:
+                    raise QuotaExceededError("the copy would exceed the message count quota")
+            first_uid, modseq = self._allocate_uids(c, dst_id, len(rows))
+            values = []
+            for i, r in enumerate(rows):
+                values.append(
+                    {
+                        "mailbox_id": dst_id,
+                        "uid": first_uid + i,
+                        "blob_id": r.blob_id,
+                        "size": r.size,
+                        "internal_date": r.internal_date,
+                        "flags": r.flags,
+                        "keywords": r.keywords,
+                        "modseq": modseq,
+                        "meta": r.meta,
+                        "summary": r.summary,
+                    }
+                )
+                mapping.append((r.uid, first_uid + i))
+            c.execute(insert(m.messages), values)
+            if move:
+                src_modseq = self._bump_modseq(c, src_id)
+                ids = [r.id for r in rows]
+                for i in range(0, len(ids), 500):
+                    c.execute(delete(m.messages).where(m.messages.c.id.in_(ids[i : i + 500])))
+                c.execute(insert(m.expunged), [{"mailbox_id": src_id, "uid": r.uid, "modseq": src_modseq} for r in rows])
+            else:
+                self._account(c, dst_id, sum(r.size for r in rows), len(rows))
+        self._s.notify(dst_id)
+        if move:
+            self._s.notify(src_id)
+            self._s.on_move(src, dst, [u for u, _ in mapping])
+        return mapping
+
+    def move(self, src_id: int, uids: Iterable[int], dst_id: int) -> list[tuple[int, int]]:
+        return self.copy(src_id, uids, dst_id, move=True)
+
+    def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageInfo], list[int]]:
+        """(messages changed after modseq, UIDs expunged after it): for CONDSTORE/QRESYNC and IDLE."""
+        with self._s.read() as c:
+            changed = [
+                _info(r)
+                for r in c.execute(
+                    select(*_INFO_COLS).where(m.messages.c.mailbox_id == mailbox_id, m.messages.c.modseq > modseq).order_by(m.messages.c.uid)
+                )
+            ]
+            vanished = list(
+                c.execute(
+                    select(m.expunged.c.uid).where(m.expunged.c.mailbox_id == mailbox_id, m.expunged.c.modseq > modseq).order_by(m.expunged.c.uid)
+                ).scalars()
+            )
+        return changed, vanished
+
+    def versions(self, mailbox_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """mailbox id -> (highestmodseq, uidnext): what a change watcher polls."""
+        if not mailbox_ids:
+            return {}
+        with self._s.read() as c:
+            return {
+                r.id: (r.highestmodseq, r.uidnext)
+                for r in c.execute(
+                    select(m.mailboxes.c.id, m.mailboxes.c.highestmodseq, m.mailboxes.c.uidnext).where(m.mailboxes.c.id.in_(list(mailbox_ids)))
+                )
+            }
+
+    def usage(self, user_id: int) -> tuple[int, int]:
+        with self._s.read() as c:
+            r = c.execute(select(m.users.c.used_bytes, m.users.c.used_messages).where(m.users.c.id == user_id)).one()
+        return r.used_bytes, r.used_messages
+
+    def recount_usage(self, user_id: int) -> None:
+        with self._s.write() as c:
+            r = c.execute(
+                select(func.coalesce(func.sum(m.messages.c.size), 0), func.count())
+                .select_from(m.messages.join(m.mailboxes, m.mailboxes.c.id == m.messages.c.mailbox_id))
+                .where(m.mailboxes.c.user_id == user_id)
+            ).one()
+            c.execute(update(m.users).where(m.users.c.id == user_id).values(used_bytes=int(r[0]), used_messages=int(r[1])))
+
+    def blob_refcount(self, c, user_id: int, blob_id: str) -> int:  # type: ignore[no-untyped-def]
+        return c.execute(
+            select(func.count())
+            .select_from(m.messages.join(m.mailboxes, m.mailboxes.c.id == m.messages.c.mailbox_id))
+            .where(and_(m.messages.c.blob_id == blob_id, m.mailboxes.c.user_id == user_id))
+        ).scalar_one()
