@@ -91,3 +91,20 @@ def head_revision(engine: Engine) -> str | None:
 
 def has_schema(engine: Engine) -> bool:
     return inspect(engine).has_table("alembic_version")
+
+
+def fetch_raw(conn, sql: str, params: tuple = ()) -> list[tuple]:  # type: ignore[no-untyped-def]
+    """Run a read on the DBAPI cursor, skipping SQLAlchemy's row machinery.
+
+    For the hot paths over 100,000-row mailboxes (FETCH FLAGS, SEARCH) where
+    building Row objects costs more than the query. ``sql`` uses ``?``
+    placeholders; they are adapted to the driver's paramstyle.
+    """
+    if conn.dialect.paramstyle not in ("qmark",):
+        sql = sql.replace("?", "%s")
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    finally:
+        cur.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 SYSTEM_FLAGS = {"\\seen": 1, "\\answered": 2, "\\flagged": 4, "\\deleted": 8, "\\draft": 16}
 CANONICAL = {"\\seen": "\\Seen", "\\answered": "\\Answered", "\\flagged": "\\Flagged", "\\deleted": "\\Deleted", "\\draft": "\\Draft"}
@@ -33,6 +34,7 @@ def split_flags(flags: object) -> tuple[int, tuple[str, ...]]:
     return mask, tuple(sorted(keywords))
 
 
+@lru_cache(maxsize=4096)
 def join_flags(mask: int, keywords: str | None) -> frozenset[str]:
     out = {CANONICAL[name] for name, bit in SYSTEM_FLAGS.items() if mask & bit}
     if keywords:

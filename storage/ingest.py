@@ -80,6 +80,47 @@ def summarise(meta: dict) -> dict:
     }
 
 
+def index_message(
+    store: Store,
+    c,  # type: ignore[no-untyped-def]
+    user: User,
+    mailbox_id: int,
+    blob_id: str,
+    size: int,
+    internal_date: float,
+    mask: int,
+    keywords: tuple[str, ...],
+    meta_json: bytes,
+    summary_json: bytes,
+) -> int:
+    """Insert the index rows of one stored file inside transaction ``c``; returns the new UID."""
+    context = blob_id.encode()
+    c.execute(
+        insert(m.blobs).values(
+            blob_id=blob_id,
+            user_id=user.id,
+            size=size,
+            meta=store.keyring.seal(user.uuid, meta_json, b"meta|" + context),
+            summary=store.keyring.seal(user.uuid, summary_json, b"summary|" + context),
+        )
+    )
+    uid, modseq = store.mail._allocate_uids(c, mailbox_id, 1)
+    c.execute(
+        insert(m.messages).values(
+            mailbox_id=mailbox_id,
+            uid=uid,
+            blob_id=blob_id,
+            size=size,
+            internal_date=internal_date,
+            flags=mask,
+            keywords=" ".join(keywords) or None,
+            modseq=modseq,
+        )
+    )
+    store.mail._account(c, mailbox_id, size, 1)
+    return uid
+
+
 class Ingest:
     def __init__(self, store: Store) -> None:
         self._s = store
@@ -108,7 +149,6 @@ class Ingest:
         summary_json = json.dumps(summarise(meta), separators=(",", ":")).encode()
         report = IngestReport()
         prepared: list[tuple[Target, str, int, tuple[int, tuple[str, ...]]]] = []
-        keyring = self._s.keyring
         try:
             for t in targets:
                 try:
@@ -141,23 +181,9 @@ class Ingest:
                     if strict_quota and ((u.quota_bytes and u.used_bytes + size > u.quota_bytes) or (u.quota_messages and u.used_messages + 1 > u.quota_messages)):
                         report.failed[t.user.email] = QuotaExceededError(f"mailbox of {t.user.email} is full")
                         continue
-                    uid, modseq = self._s.mail._allocate_uids(c, mb.id, 1)
-                    context = blob_id.encode()
-                    c.execute(
-                        insert(m.messages).values(
-                            mailbox_id=mb.id,
-                            uid=uid,
-                            blob_id=blob_id,
-                            size=size,
-                            internal_date=when,
-                            flags=mask,
-                            keywords=" ".join(keywords) or None,
-                            modseq=modseq,
-                            meta=keyring.seal(t.user.uuid, meta_json, b"meta|" + context),
-                            summary=keyring.seal(t.user.uuid, summary_json, b"summary|" + context),
-                        )
+                    uid = index_message(
+                        self._s, c, t.user, mb.id, blob_id, size, when, mask, keywords, meta_json, summary_json
                     )
-                    self._s.mail._account(c, mb.id, size, 1)
                     report.stored.append(Stored(t.user.email, t.mailbox, mb.id, mb.uidvalidity, uid, blob_id))
                     published.append((t.user.uuid, blob_id))
         except BaseException:

@@ -18,6 +18,7 @@ from sqlalchemy import and_, case, delete, func, insert, select, update
 
 from . import models as m
 from .addresses import validate_mailbox_name
+from .db import fetch_raw
 from .errors import ConflictError, InvalidInputError, NotFoundError, QuotaExceededError
 from .flags import DELETED, SEEN, join_flags, keywords_text, split_flags
 from .records import Mailbox, MailboxStatus, MessageInfo, User
@@ -204,30 +205,35 @@ class MailStore:
     def uid_flags(self, mailbox_id: int) -> list[tuple[int, int, str | None, int]]:
         """(uid, flag mask, keywords, modseq) of every message: the fast path for SELECT and FETCH FLAGS."""
         with self._s.read() as c:
-            return [
-                (r[0], r[1], r[2], r[3])
-                for r in c.execute(
-                    select(m.messages.c.uid, m.messages.c.flags, m.messages.c.keywords, m.messages.c.modseq)
-                    .where(m.messages.c.mailbox_id == mailbox_id)
-                    .order_by(m.messages.c.uid)
-                )
-            ]
+            return fetch_raw(
+                c, "SELECT uid, flags, keywords, modseq FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
+            )
 
     def messages(self, mailbox_id: int, uids: Iterable[int] | None = None) -> list[MessageInfo]:
-        q = select(*_INFO_COLS).where(m.messages.c.mailbox_id == mailbox_id).order_by(m.messages.c.uid)
+        sql = (
+            "SELECT id, mailbox_id, uid, blob_id, size, internal_date, flags, keywords, modseq"
+            " FROM messages WHERE mailbox_id = ?"
+        )
+        params: tuple = (mailbox_id,)
+        keep = None
         if uids is not None:
             wanted = sorted(set(uids))
             if not wanted:
                 return []
             if len(wanted) <= 500:
-                q = q.where(m.messages.c.uid.in_(wanted))
+                sql += " AND uid IN (" + ",".join("?" * len(wanted)) + ")"
+                params += tuple(wanted)
             else:
-                q = q.where(m.messages.c.uid.between(wanted[0], wanted[-1]))
-            with self._s.read() as c:
+                sql += " AND uid BETWEEN ? AND ?"
+                params += (wanted[0], wanted[-1])
                 keep = set(wanted)
-                return [_info(r) for r in c.execute(q) if r.uid in keep]
         with self._s.read() as c:
-            return [_info(r) for r in c.execute(q)]
+            rows = fetch_raw(c, sql + " ORDER BY uid", params)
+        return [
+            MessageInfo(r[0], r[1], r[2], r[3], r[4], r[5], join_flags(r[6], r[7]), r[8])
+            for r in rows
+            if keep is None or r[2] in keep
+        ]
 
     def message(self, mailbox_id: int, uid: int) -> MessageInfo:
         got = self.messages(mailbox_id, [uid])
@@ -253,7 +259,7 @@ class MailStore:
                 self._meta_cache.move_to_end(key)
                 return hit
         with self._s.read() as c:
-            sealed = c.execute(select(m.messages.c.meta).where(m.messages.c.id == msg.id)).scalar()
+            sealed = c.execute(select(m.blobs.c.meta).where(m.blobs.c.blob_id == msg.blob_id)).scalar()
         if sealed is None:
             raise NotFoundError(f"message {msg.uid} is gone")
         meta = json.loads(self._s.keyring.open(user.uuid, sealed, b"meta|" + msg.blob_id.encode()))
@@ -265,28 +271,41 @@ class MailStore:
 
     def summaries(self, user: User, mailbox_id: int, uids: Sequence[int] | None = None) -> dict[int, dict]:
         """uid -> decoded search summary (subject, from, to, cc, bcc, sent date, message-id)."""
-        q = select(m.messages.c.id, m.messages.c.uid, m.messages.c.blob_id, m.messages.c.summary).where(
-            m.messages.c.mailbox_id == mailbox_id
-        )
-        if uids is not None and len(uids) <= 500:
-            q = q.where(m.messages.c.uid.in_(list(uids)))
-        out: dict[int, dict] = {}
         keep = set(uids) if uids is not None else None
+        cache = self._summary_cache
         with self._s.read() as c:
-            rows = c.execute(q).all()
+            ids = fetch_raw(c, "SELECT id, uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
+            wanted = [(i, u) for i, u in ids if keep is None or u in keep]
+            missing = [i for i, _u in wanted if i not in cache]
+            fetched: list[tuple] = []
+            if missing:
+                if len(missing) > len(wanted) // 2:
+                    rows = fetch_raw(
+                        c,
+                        "SELECT m.id, b.blob_id, b.summary FROM messages m JOIN blobs b ON b.blob_id = m.blob_id"
+                        " WHERE m.mailbox_id = ?",
+                        (mailbox_id,),
+                    )
+                    need = set(missing)
+                    fetched = [r for r in rows if r[0] in need]
+                else:
+                    for k in range(0, len(missing), 500):
+                        part = missing[k : k + 500]
+                        fetched += fetch_raw(
+                            c,
+                            "SELECT m.id, b.blob_id, b.summary FROM messages m JOIN blobs b ON b.blob_id = m.blob_id"
+                            " WHERE m.id IN (" + ",".join("?" * len(part)) + ")",
+                            tuple(part),
+                        )
         opener = self._s.keyring.open
-        for r in rows:
-            if keep is not None and r.uid not in keep:
-                continue
-            hit = self._summary_cache.get(r.id)
-            if hit is None:
-                hit = json.loads(opener(user.uuid, r.summary, b"summary|" + r.blob_id.encode()))
-                with self._cache_lock:
-                    self._summary_cache[r.id] = hit
-                    if len(self._summary_cache) > 250_000:
-                        self._summary_cache.popitem(last=False)
-            out[r.uid] = hit
-        return out
+        loads = json.loads
+        new = {i: loads(opener(user.uuid, bytes(sealed), b"summary|" + blob_id.encode())) for i, blob_id, sealed in fetched}
+        if new:
+            with self._cache_lock:
+                cache.update(new)
+                while len(cache) > 250_000:
+                    cache.popitem(last=False)
+        return {u: cache[i] if i in cache else new[i] for i, u in wanted}
 
     def open_blob(self, user: User, msg: MessageInfo) -> BlobReader:
         return self._s.blobs.open(user.uuid, msg.blob_id)
@@ -453,8 +472,6 @@ class MailStore:
                         "flags": r.flags,
                         "keywords": r.keywords,
                         "modseq": modseq,
-                        "meta": r.meta,
-                        "summary": r.summary,
                     }
                 )
                 mapping.append((r.uid, first_uid + i))

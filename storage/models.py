@@ -171,13 +171,23 @@ messages = Table(
     Column("flags", Integer, nullable=False, default=0),
     Column("keywords", Text, nullable=True),
     Column("modseq", BigInteger, nullable=False),
+    UniqueConstraint("mailbox_id", "uid", name="uq_messages_mailbox_uid"),
+    Index("ix_messages_blob", "blob_id"),
+    Index("ix_messages_mailbox_modseq", "mailbox_id", "modseq"),
+)
+
+# One row per message file; copies of a message share it. Kept apart from
+# ``messages`` so the rows scanned by FETCH FLAGS stay narrow.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("blob_id", String(32), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("size", BigInteger, nullable=False),
     # sealed (encrypted) JSON: envelope, body structure, header summary
     Column("meta", LargeBinary, nullable=False),
     # sealed small JSON for SEARCH: decoded subject, addresses, sent date
     Column("summary", LargeBinary, nullable=False),
-    UniqueConstraint("mailbox_id", "uid", name="uq_messages_mailbox_uid"),
-    Index("ix_messages_blob", "blob_id"),
-    Index("ix_messages_mailbox_modseq", "mailbox_id", "modseq"),
 )
 
 expunged = Table(

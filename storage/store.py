@@ -192,8 +192,10 @@ class Store:
         if not blob_ids:
             return
         user = self.directory.get_user_by_id(user_id)
-        with self.read() as c:
+        with self.write() as c:
             dead = [b for b in blob_ids if self.mail.blob_refcount(c, user_id, b) == 0]
+            if dead:
+                c.execute(delete(m.blobs).where(m.blobs.c.blob_id.in_(dead)))
         for b in dead:
             self.blobs.delete(user.uuid, b)
 

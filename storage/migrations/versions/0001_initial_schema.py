@@ -145,6 +145,15 @@ def upgrade() -> None:
     sa.UniqueConstraint('digest', name=op.f('uq_app_passwords_digest')),
     sa.UniqueConstraint('user_id', 'name', name='uq_app_passwords_user_name')
     )
+    op.create_table('blobs',
+    sa.Column('blob_id', sa.String(length=32), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('meta', sa.LargeBinary(), nullable=False),
+    sa.Column('summary', sa.LargeBinary(), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_blobs_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('blob_id', name=op.f('pk_blobs'))
+    )
     op.create_table('mailboxes',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -180,8 +189,6 @@ def upgrade() -> None:
     sa.Column('flags', sa.Integer(), nullable=False),
     sa.Column('keywords', sa.Text(), nullable=True),
     sa.Column('modseq', sa.BigInteger(), nullable=False),
-    sa.Column('meta', sa.LargeBinary(), nullable=False),
-    sa.Column('summary', sa.LargeBinary(), nullable=False),
     sa.ForeignKeyConstraint(['mailbox_id'], ['mailboxes.id'], name=op.f('fk_messages_mailbox_id_mailboxes'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_messages')),
     sa.UniqueConstraint('mailbox_id', 'uid', name='uq_messages_mailbox_uid')
@@ -205,6 +212,7 @@ def downgrade() -> None:
 
     op.drop_table('expunged')
     op.drop_table('mailboxes')
+    op.drop_table('blobs')
     op.drop_table('app_passwords')
     op.drop_table('admins')
     op.drop_table('users')

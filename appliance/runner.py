@@ -1,0 +1,119 @@
+"""``appliance up``: every service in one process, on one event loop.
+
+Twisted is installed on the asyncio loop before anything imports the
+reactor, so aiosmtpd, the Twisted IMAP/POP3 servers and the web panel share
+it. This module alone owns the signals: SIGTERM/SIGINT stop the services in
+reverse order and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+from .i18n import _
+from .services import SERVICE_MODULES, ServiceContext
+
+log = logging.getLogger("appliance")
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd about readiness/stopping (Type=notify); silent without systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError:
+        pass
+
+
+def install_reactor(loop: asyncio.AbstractEventLoop) -> None:
+    import sys
+
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install(loop)
+
+
+async def serve(cfg, *, only: list[str] | None = None, ready: asyncio.Event | None = None) -> int:  # type: ignore[no-untyped-def]
+    from storage.store import Store
+
+    from .keys import ssl_server_context
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    executor = ThreadPoolExecutor(max_workers=max(4, (os.cpu_count() or 2) * 4), thread_name_prefix="store")
+    loop.set_default_executor(executor)
+    store = Store.from_config(cfg)
+    recovered = store.recover()
+    if recovered["published"] or recovered["removed"]:
+        log.info("recovery: %s", recovered)
+    ctx = ServiceContext(
+        cfg=cfg,
+        store=store,
+        executor=executor,
+        ssl_context=ssl_server_context(cfg) if cfg.uses_tls else None,
+        log=log,
+    )
+    started = []
+    try:
+        for name, module_name in SERVICE_MODULES.items():
+            if only and name not in only:
+                continue
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name == module_name:
+                    continue  # that service is not built yet
+                raise
+            service = await module.start(ctx)
+            if service is None:
+                continue
+            ctx.running[name] = service
+            started.append(service)
+            for endpoint in service.endpoints:
+                print(_("listening: {service} {endpoint}").format(service=name, endpoint=endpoint), flush=True)
+        sd_notify("READY=1")
+        print(_("ready; press Ctrl-C to stop"), flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        sd_notify("STOPPING=1")
+        for service in reversed(started):
+            try:
+                await asyncio.wait_for(service.stop(), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                log.warning("stopping %s: %s", service.name, exc)
+        store.close()
+        executor.shutdown(wait=True, cancel_futures=False)
+    print(_("stopped"), flush=True)
+    return 0
+
+
+def run(cfg, *, only: list[str] | None = None) -> int:  # type: ignore[no-untyped-def]
+    logging.basicConfig(level=getattr(logging, str(cfg.log.level).upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    install_reactor(loop)
+    try:
+        return loop.run_until_complete(serve(cfg, only=only))
+    finally:
+        loop.close()
