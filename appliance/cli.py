@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from . import i18n_cli_zh  # noqa: F401 - registers the Chinese catalogue
 from .config import ConfigError
 from .i18n import _, set_language
 

@@ -494,6 +494,7 @@ SCHEMA: dict[str, Section] = {
     "dns": Section("DNS lookups (MX, SPF, DKIM, DMARC).", {
         "resolvers": Option("ip_list", [], "Resolver IP addresses; [] uses the system resolver (/etc/resolv.conf)."),
         "timeout": Option("duration", "5s", "Timeout of one lookup.", min=0.1, max=MINUTE),
+        "port": Option("int", 53, "Port of the resolvers above (UDP, TCP for long answers); tests use a high port.", min=1, max=65535),
     }),
     "queue": Section("Outbound mail queue.", {
         "max_lifetime": Option("duration", "5d", "Give up and bounce after this long.", min=MINUTE, max=30 * DAY),

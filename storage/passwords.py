@@ -37,7 +37,7 @@ class Passwords:
         self._cache: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
         self._salt = secrets.token_bytes(16)
-        self._dummy = self._hasher.hash(secrets.token_hex(16))
+        self._dummy: str | None = None  # made on first use: CLI commands never pay for it
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)
@@ -80,6 +80,8 @@ class Passwords:
 
     def burn(self) -> None:
         """Spend the time of one verification, so unknown users look like known ones."""
+        if self._dummy is None:
+            self._dummy = self._hasher.hash(secrets.token_hex(16))
         try:
             self._hasher.verify(self._dummy, "x")
         except VerificationError:
