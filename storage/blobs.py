@@ -391,8 +391,12 @@ class BlobStore:
 
     # -- writing -------------------------------------------------------------
 
-    def writer(self, account_uuid: str, blob_id: str, meta: dict[str, Any]) -> BlobWriter:
-        """Start writing a message into ``tmp/``; metadata is sealed into the header."""
+    def writer(self, account_uuid: str, blob_id: str, meta: dict[str, Any], *, fsync: bool | None = None) -> BlobWriter:
+        """Start writing a message into ``tmp/``; metadata is sealed into the header.
+
+        ``fsync=False`` leaves durability to the caller (the ingest group
+        commit syncs the whole file system once per batch).
+        """
         tmp = self.tmp_path(account_uuid, blob_id)
         if not isinstance(meta, dict):
             raise InvalidInputError(f"blob metadata must be a dict, got {type(meta).__name__}")
@@ -414,13 +418,13 @@ class BlobStore:
         )
         ids = _ids_aad(account_uuid, blob_id)
         header = prefix + aead.encrypt(_META_NONCE, meta_json, prefix + ids)
-        return BlobWriter(tmp, aead, header, header + ids, 1 << self.chunk_size_exp, self.fsync)
+        return BlobWriter(tmp, aead, header, header + ids, 1 << self.chunk_size_exp, self.fsync if fsync is None else fsync)
 
     def publish(self, account_uuid: str, blob_id: str) -> None:
         """Rename tmp -> cur and fsync the directory. Idempotent if already published."""
         self.publish_many([(account_uuid, blob_id)])
 
-    def publish_many(self, items: Iterable[tuple[str, str]]) -> None:
+    def publish_many(self, items: Iterable[tuple[str, str]], *, sync: bool = True) -> None:
         """Publish several messages, then fsync each distinct directory once (group commit)."""
         dirs: dict[Path, None] = {}
         try:
@@ -437,7 +441,7 @@ class BlobStore:
                         ) from None
                 dirs[final.parent] = None
         finally:
-            if self.fsync:
+            if self.fsync and sync:
                 for d in dirs:
                     fsync_dir(d)
 

@@ -10,7 +10,6 @@ import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -29,7 +28,8 @@ def make_engine(url: str, *, durable: bool = True) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
-            poolclass=NullPool if ":memory:" not in url else None,
+            pool_size=20,
+            max_overflow=40,
             connect_args={"check_same_thread": False, "timeout": 30},
         )
         sync = "FULL" if durable else "NORMAL"

@@ -220,3 +220,39 @@ events = Table(
     Index("ix_events_subject_ts", "subject", "ts"),
     Index("ix_events_ip_ts", "ip", "ts"),
 )
+
+# The web panel's server-side sessions; the cookie holds a random token, the
+# row only its HMAC digest. ``stage`` is "ok" once the second factor passed.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # stage: totp (password ok, code pending), enrol (TOTP enrolment pending), ok
+    Column("stage", String(16), nullable=False, default="ok"),
+    Column("created", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("ip", String(64), nullable=True),
+    Column("client", String(200), nullable=True),
+    Index("ix_web_sessions_user", "user_id"),
+)
+
+# API tokens for /api/v1: shown once, stored as an HMAC digest, scoped like admins.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    # the admin who created it; the token never has more rights than that admin
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("scope_domain_id", Integer, ForeignKey("domains.id", ondelete="CASCADE"), nullable=True),
+    Column("scope_department_id", Integer, ForeignKey("departments.id", ondelete="CASCADE"), nullable=True),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=True),
+    Column("last_used", Float, nullable=True),
+    Column("last_ip", String(64), nullable=True),
+    UniqueConstraint("user_id", "name", name="uq_api_tokens_user_name"),
+)

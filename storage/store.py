@@ -102,6 +102,7 @@ class Store:
         )
 
     def close(self) -> None:
+        self.ingest.committer.close()
         self.engine.dispose()
 
     # -------------------------------------------------------- transactions

@@ -21,7 +21,7 @@ CRASH_SCRIPT = textwrap.dedent(
     sys.path[:0] = [{root!r}, {tests!r}]
     from storefix import open_store, message
     from storage.store import Store
-    from storage.mail import MailStore
+    import storage.ingest as ingest
     from storage.blobs import BlobStore
     point = sys.argv[2]
     die = lambda *a, **k: os._exit(9)
@@ -29,9 +29,13 @@ CRASH_SCRIPT = textwrap.dedent(
     if point == "after_tmp":
         Store.write = die
     elif point == "in_transaction":
-        MailStore._account = die
+        original = ingest.index_message
+        def index_then_die(*a, **k):
+            original(*a, **k)  # rows written, transaction not committed
+            os._exit(9)
+        ingest.index_message = index_then_die
     elif point == "after_index_commit":
-        BlobStore.publish_many = die
+        BlobStore.publish_many = die  # index committed, files still in tmp/
     elif point == "after_publish":
         Store.notify = die
     d = store.begin_delivery("bob@remote.example")
