@@ -13,9 +13,9 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from . import i18n_cli_zh  # noqa: F401 - registers the Chinese catalogue
+from . import i18n_cli_zh, i18n_store_zh  # noqa: F401 - register the Chinese catalogues
 from .config import ConfigError
-from .i18n import _, set_language
+from .i18n import _, localise, set_language
 
 DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
 EX_USAGE, EX_DATAERR, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 64, 65, 67, 70, 75, 78
@@ -95,11 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from storage.errors import InvalidInputError, NotFoundError, StoreError
 
         if isinstance(exc, NotFoundError):
-            return _fail(str(exc), EX_NOUSER if "user" in str(exc) else 1, args)
+            return _fail(localise(exc), EX_NOUSER if "user" in exc.template else 1, args)
         if isinstance(exc, InvalidInputError):
-            return _fail(str(exc), EX_DATAERR, args)
+            return _fail(localise(exc), EX_DATAERR, args)
         if isinstance(exc, StoreError):
-            return _fail(str(exc), 1, args)
+            return _fail(localise(exc), 1, args)
         if isinstance(exc, OSError):
             return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1, args)
         return _fail(_("internal error: {error} (run with --debug for details)").format(error=f"{type(exc).__name__}: {exc}"), EX_SOFTWARE, args)

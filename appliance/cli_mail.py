@@ -8,7 +8,7 @@ import sys
 import time
 
 from .cli import EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, CliError, load, open_store
-from .i18n import _
+from .i18n import _, localise
 from .output import human_size, print_json, print_table, when
 
 
@@ -68,25 +68,25 @@ def cmd_deliver(args: argparse.Namespace) -> int:
             try:
                 locals_, _external = store.directory.expand(rcpt)
             except InvalidInputError as exc:
-                raise CliError(str(exc), EX_NOUSER) from None
+                raise CliError(localise(exc), EX_NOUSER) from None
             if not locals_:
                 raise CliError(_("unknown user: {rcpt}").format(rcpt=rcpt), EX_NOUSER)
             for email in locals_:
                 try:
                     delivery.add_recipient(email, mailbox=args.mailbox)
                 except NotFoundError as exc:
-                    raise CliError(str(exc), EX_NOUSER) from None
+                    raise CliError(localise(exc), EX_NOUSER) from None
                 except InvalidInputError as exc:
-                    raise CliError(str(exc), EX_NOUSER) from None
+                    raise CliError(localise(exc), EX_NOUSER) from None
         delivery.write(data)
         try:
             report = delivery.commit()
         except QuotaExceededError as exc:
-            raise CliError(str(exc), EX_TEMPFAIL) from None
+            raise CliError(localise(exc), EX_TEMPFAIL) from None
         except NotFoundError as exc:
-            raise CliError(str(exc), EX_TEMPFAIL) from None
+            raise CliError(localise(exc), EX_TEMPFAIL) from None
         except StoreError as exc:
-            raise CliError(str(exc), EX_TEMPFAIL) from None
+            raise CliError(localise(exc), EX_TEMPFAIL) from None
         except OSError as exc:
             raise CliError(_("temporary failure: {error}").format(error=exc.strerror or exc), EX_TEMPFAIL) from None
         queue_id = report.stored[0].blob_id[:12] if report.stored else "-"

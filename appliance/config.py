@@ -241,9 +241,32 @@ def _conv_duration(raw: Any, opt: Option, ctx: _Ctx) -> int | float:
     return _from_parser(parse_duration, raw)
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(raw: str) -> str:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in a path from the environment.
+
+    For systemd credentials: ``"${CREDENTIALS_DIRECTORY:-/etc/appliance/credentials}/master.key"``
+    is the credential systemd hands a service (LoadCredential=), and the file
+    itself for the operator's commands. An unset variable without a default is an error.
+    """
+
+    def value(m: re.Match[str]) -> str:
+        found = os.environ.get(m.group(1))
+        if found:
+            return found
+        if m.group(2) is not None:
+            return m.group(2)
+        raise _Invalid(_("environment variable {name} is not set (give a default: ${{{name}:-/path}})").format(name=m.group(1)))
+
+    return _ENV_REF.sub(value, raw)
+
+
 def _conv_path(raw: Any, opt: Option, ctx: _Ctx) -> Path | None:
     if not isinstance(raw, str):
         raise _expected(_("a path"), raw)
+    raw = expand_env(raw)
     if raw == "":
         if opt.optional:
             return None
@@ -515,6 +538,10 @@ SCHEMA: dict[str, Section] = {
     "limits": Section("Per-account sending limits against a compromised password; 0 means no limit.", {
         "outbound_messages_per_hour": Option("int", 500, "Messages one account may send per hour.", min=0, max=10**9),
         "outbound_recipients_per_hour": Option("int", 2000, "Recipients one account may send to per hour.", min=0, max=10**9),
+    }),
+    "tuning": Section("Sizing of the services; `appliance install` sets these from the host and the number of mailboxes, with a comment saying why.", {
+        "workers": Option("int", 0, "Threads for password hashing, DKIM signing and decryption in each service process; 0 is automatic (4 per CPU core, at least 4).", min=0, max=1024),
+        "db_cache_size": Option("size", "32M", "SQLite page cache of each database connection of a running service (PostgreSQL sizes its own).", min=1 * M, max=4 * G),
     }),
     "log": Section("Logs and the event log (logins, admin actions, deliveries).", {
         "retention": Option("duration", "180d", "Keep events this long.", min=DAY),

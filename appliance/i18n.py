@@ -71,6 +71,7 @@ CATALOGUES: dict[str, dict[str, str]] = {
         "required when queue.smarthost_user is set": "设置了 queue.smarthost_user 时必须填写",
         "must be shorter than queue.max_lifetime": "必须短于 queue.max_lifetime",
         "invalid host name {value!r}": "无效的主机名 {value!r}",
+        "environment variable {name} is not set (give a default: ${{{name}:-/path}})": "环境变量 {name} 未设置（可给出默认值：${{{name}:-/路径}}）",
     },
 }
 
@@ -120,3 +121,19 @@ def _(s: str) -> str:
     if not catalogue:
         return s
     return catalogue.get(s, s)
+
+
+def localise(exc: BaseException) -> str:
+    """The message of an error in the current language.
+
+    Store errors keep their English template and values apart (``template``,
+    ``params``); those are translated, anything else is shown as it is.
+    """
+    template = getattr(exc, "template", None)
+    params = getattr(exc, "params", None)
+    if template and isinstance(params, dict):
+        try:
+            return _(template).format(**params)
+        except (KeyError, IndexError, ValueError):
+            pass
+    return str(exc)

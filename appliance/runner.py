@@ -37,6 +37,34 @@ def sd_notify(message: str) -> None:
         pass
 
 
+async def watchdog(interval: float) -> None:
+    """Ping systemd's watchdog (WatchdogSec=) every ``interval`` seconds while the loop is alive."""
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def watchdog_interval() -> float | None:
+    """Half of $WATCHDOG_USEC in seconds when systemd asks this process for pings, else None."""
+    usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or int(usec) <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2 / 1_000_000
+
+
+def _tune_store(cfg, store) -> None:  # type: ignore[no-untyped-def]
+    """Apply [tuning] db_cache_size to every new SQLite connection of this process."""
+    if store.engine.dialect.name != "sqlite":
+        return
+    from sqlalchemy import event
+
+    kib = max(1, cfg.tuning.db_cache_size // 1024)
+
+    @event.listens_for(store.engine, "connect")
+    def _cache(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_conn.execute(f"PRAGMA cache_size=-{kib}")
+
+
 def install_reactor(loop: asyncio.AbstractEventLoop) -> None:
     import sys
 
@@ -59,9 +87,14 @@ async def serve(cfg, *, only: list[str] | None = None, ready: asyncio.Event | No
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    executor = ThreadPoolExecutor(max_workers=max(4, (os.cpu_count() or 2) * 4), thread_name_prefix="store")
+    workers = cfg.tuning.workers or max(4, (os.cpu_count() or 2) * 4)
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
     loop.set_default_executor(executor)
     store = Store.from_config(cfg)
+    _tune_store(cfg, store)
+    from .licence_hook import startup_check
+
+    startup_check(store, log)
     recovered = store.recover()
     if recovered["published"] or recovered["removed"]:
         log.info("recovery: %s", recovered)
@@ -73,6 +106,7 @@ async def serve(cfg, *, only: list[str] | None = None, ready: asyncio.Event | No
         log=log,
     )
     started = []
+    pinger: asyncio.Task[None] | None = None
     try:
         for name, module_name in SERVICE_MODULES.items():
             if only and name not in only:
@@ -91,11 +125,15 @@ async def serve(cfg, *, only: list[str] | None = None, ready: asyncio.Event | No
             for endpoint in service.endpoints:
                 print(_("listening: {service} {endpoint}").format(service=name, endpoint=endpoint), flush=True)
         sd_notify("READY=1")
+        interval = watchdog_interval()
+        pinger = loop.create_task(watchdog(interval)) if interval else None
         print(_("ready; press Ctrl-C to stop"), flush=True)
         if ready is not None:
             ready.set()
         await stop.wait()
     finally:
+        if pinger is not None:
+            pinger.cancel()
         sd_notify("STOPPING=1")
         for service in reversed(started):
             try:

@@ -18,11 +18,11 @@ def normalise_domain(domain: str) -> str:
     try:
         d = d.encode("idna").decode("ascii").lower()
     except UnicodeError as exc:
-        raise InvalidInputError(f"invalid domain name {domain!r}") from exc
+        raise InvalidInputError("invalid domain name {domain!r}", domain=domain) from exc
     if len(d) > 253 or "." not in d:
-        raise InvalidInputError(f"invalid domain name {domain!r}")
+        raise InvalidInputError("invalid domain name {domain!r}", domain=domain)
     if not all(_LABEL_RE.match(label) for label in d.split(".")):
-        raise InvalidInputError(f"invalid domain name {domain!r}")
+        raise InvalidInputError("invalid domain name {domain!r}", domain=domain)
     return d
 
 
@@ -36,13 +36,13 @@ def normalise_address(address: str) -> str:
     if a.startswith("<") and a.endswith(">"):
         a = a[1:-1]
     if a.count("@") != 1:
-        raise InvalidInputError(f"invalid address {address!r}")
+        raise InvalidInputError("invalid address {address!r}", address=address)
     local, domain = a.rsplit("@", 1)
     if not local or len(local) > 64 or not _LOCAL_RE.match(local):
         if not _is_utf8_local(local):
-            raise InvalidInputError(f"invalid address {address!r}")
+            raise InvalidInputError("invalid address {address!r}", address=address)
     if local.startswith(".") or local.endswith(".") or ".." in local:
-        raise InvalidInputError(f"invalid address {address!r}")
+        raise InvalidInputError("invalid address {address!r}", address=address)
     return f"{local.lower()}@{normalise_domain(domain)}"
 
 
@@ -72,7 +72,7 @@ def validate_mailbox_name(name: str, *, max_length: int = 500, max_depth: int = 
         raise InvalidInputError("mailbox name is nested too deeply")
     for part in parts:
         if part in ("", ".", "..") or part.strip() != part or "*" in part or "%" in part:
-            raise InvalidInputError(f"invalid mailbox name {name!r}")
+            raise InvalidInputError("invalid mailbox name {name!r}", name=name)
     if name.upper() == "INBOX":
         return "INBOX"
     if parts[0].upper() == "INBOX":

@@ -61,7 +61,7 @@ _FILE_MODE = 0o600
 
 def _check_blob_id(blob_id: str) -> str:
     if not isinstance(blob_id, str) or not _BLOB_ID_RE.fullmatch(blob_id):
-        raise InvalidInputError(f"invalid blob id {blob_id!r}: expected 32 lowercase hex characters")
+        raise InvalidInputError("invalid blob id {blob_id!r}: expected 32 lowercase hex characters", blob_id=blob_id)
     return blob_id
 
 
@@ -121,7 +121,7 @@ class BlobWriter:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append plaintext. A chunk is sealed only once later data proves it is not the last."""
         if self._state != "open":
-            raise StoreError(f"cannot write to {self.path}: writer is {self._state}")
+            raise StoreError("cannot write to {path}: writer is {state}", path=self.path, state=self._state)
         mv = memoryview(data).cast("B")
         n = len(mv)
         if not n:
@@ -148,7 +148,7 @@ class BlobWriter:
     def finish(self) -> int:
         """Seal the final chunk, flush and fsync; returns the plaintext size."""
         if self._state != "open":
-            raise StoreError(f"cannot finish {self.path}: writer is {self._state}")
+            raise StoreError("cannot finish {path}: writer is {state}", path=self.path, state=self._state)
         try:
             self._emit(self._buf, last=True)
             self._buf.clear()
@@ -305,7 +305,7 @@ class BlobReader:
     def read_range(self, offset: int, length: int) -> bytes:
         """Plaintext bytes [offset, offset+length), clipped to the size; decrypts only needed chunks."""
         if offset < 0 or length < 0:
-            raise InvalidInputError(f"invalid range offset={offset} length={length}")
+            raise InvalidInputError("invalid range offset={offset} length={length}", offset=offset, length=length)
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
@@ -350,7 +350,7 @@ class BlobStore:
         chunk_size_exp: int = DEFAULT_CHUNK_EXP,
     ) -> None:
         if not MIN_CHUNK_EXP <= chunk_size_exp <= MAX_CHUNK_EXP:
-            raise InvalidInputError(f"chunk_size_exp must be in {MIN_CHUNK_EXP}..{MAX_CHUNK_EXP}")
+            raise InvalidInputError("chunk_size_exp must be in {MIN_CHUNK_EXP}..{MAX_CHUNK_EXP}", MIN_CHUNK_EXP=MIN_CHUNK_EXP, MAX_CHUNK_EXP=MAX_CHUNK_EXP)
         self.root = Path(root)
         self.keyring = keyring
         self.fsync = fsync
@@ -399,13 +399,13 @@ class BlobStore:
         """
         tmp = self.tmp_path(account_uuid, blob_id)
         if not isinstance(meta, dict):
-            raise InvalidInputError(f"blob metadata must be a dict, got {type(meta).__name__}")
+            raise InvalidInputError("blob metadata must be a dict, got {type}", type=type(meta).__name__)
         try:
             meta_json = json.dumps(meta, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
         except (TypeError, ValueError) as e:
-            raise InvalidInputError(f"blob metadata is not JSON-serialisable: {e}") from None
+            raise InvalidInputError("blob metadata is not JSON-serialisable: {e}", e=e) from None
         if len(meta_json) + TAG_SIZE > MAX_META_SIZE:
-            raise InvalidInputError(f"blob metadata too large ({len(meta_json)} bytes)")
+            raise InvalidInputError("blob metadata too large ({size} bytes)", size=len(meta_json))
         data_key = self.keyring.get(account_uuid)
         self._ensure_dir(tmp.parent)
         salt = secrets.token_bytes(SALT_SIZE)
@@ -462,7 +462,7 @@ class BlobStore:
                 f.close()
                 raise
             return BlobReader(candidate, f, account_uuid, blob_id, data_key)
-        raise NotFoundError(f"message {blob_id} of account {account_uuid} not found ({final})")
+        raise NotFoundError("message {blob_id} of account {account_uuid} not found ({final})", blob_id=blob_id, account_uuid=account_uuid, final=final)
 
     # -- deleting ------------------------------------------------------------
 

@@ -126,9 +126,9 @@ def load_master_key(path: Path | str) -> bytes:
             f"(or create one with 'appliance init' on a fresh instance)"
         ) from None
     except PermissionError:
-        raise CryptoError(f"master key {path} cannot be read by this user; check its owner") from None
+        raise CryptoError("master key {path} cannot be read by this user; check its owner", path=path) from None
     if not stat.S_ISREG(st.st_mode):
-        raise CryptoError(f"master key {path} is not a regular file")
+        raise CryptoError("master key {path} is not a regular file", path=path)
     if st.st_mode & 0o077:
         raise CryptoError(
             f"master key {path} is readable or writable by group/others "
@@ -153,7 +153,7 @@ class Keyring:
 
     def __init__(self, keys_dir: Path | str, master_key: bytes) -> None:
         if len(master_key) != KEY_SIZE:
-            raise CryptoError(f"master key must be {KEY_SIZE} bytes, got {len(master_key)}")
+            raise CryptoError("master key must be {KEY_SIZE} bytes, got {size}", KEY_SIZE=KEY_SIZE, size=len(master_key))
         self.keys_dir = Path(keys_dir)
         self._accounts_dir = self.keys_dir / "accounts"
         self._wrap = AESGCM(hkdf(master_key, b"appliance keyring v1"))
@@ -184,7 +184,7 @@ class Keyring:
         try:
             _write_new_file(path, blob)
         except FileExistsError:
-            raise ConflictError(f"account {account_uuid} already has a data key") from None
+            raise ConflictError("account {account_uuid} already has a data key", account_uuid=account_uuid) from None
         with self._lock:
             self._keys[account_uuid] = key
 
@@ -199,7 +199,7 @@ class Keyring:
         except FileNotFoundError:
             raise KeyMissingError(account_uuid) from None
         if len(blob) != _KEYFILE_SIZE or blob[0] != _KEYFILE_VERSION:
-            raise CryptoError(f"key file {path} is damaged (bad size or version); restore it from a backup")
+            raise CryptoError("key file {path} is damaged (bad size or version); restore it from a backup", path=path)
         try:
             key = self._wrap.decrypt(blob[1 : 1 + NONCE_SIZE], blob[1 + NONCE_SIZE :], account_uuid.encode())
         except InvalidTag:
@@ -275,7 +275,7 @@ class Keyring:
         """Decrypt a record from :meth:`seal`; CryptoError if tampered or ``context`` differs."""
         aead = self._sealers.get(account_uuid) or self._sealer(account_uuid)
         if len(sealed) < _SEAL_OVERHEAD or sealed[0] != _SEAL_VERSION:
-            raise CryptoError(f"sealed record of account {account_uuid} is malformed (bad length or version)")
+            raise CryptoError("sealed record of account {account_uuid} is malformed (bad length or version)", account_uuid=account_uuid)
         try:
             return aead.decrypt(sealed[1:13], sealed[13:], context)
         except InvalidTag:

@@ -58,7 +58,7 @@ class Directory:
         now = time.time()
         with self._s.write() as c:
             if c.execute(select(m.domains.c.id).where(m.domains.c.name == name)).first():
-                raise ConflictError(f"domain {name} already exists")
+                raise ConflictError("domain {name} already exists", name=name)
             rid = c.execute(insert(m.domains).values(name=name, active=True, created=now, settings="{}")).inserted_primary_key[0]
         return Domain(id=rid, name=name, active=True, created=now)
 
@@ -67,7 +67,7 @@ class Directory:
         with self._s.read() as c:
             row = c.execute(select(m.domains).where(m.domains.c.name == name)).first()
         if row is None:
-            raise NotFoundError(f"no such domain: {name}")
+            raise NotFoundError("no such domain: {name}", name=name)
         return Domain(row.id, row.name, row.active, row.created, json.loads(row.settings or "{}"))
 
     def list_domains(self) -> list[Domain]:
@@ -101,7 +101,7 @@ class Directory:
         with self._s.read() as c:
             n = c.execute(select(func.count()).select_from(m.users).where(m.users.c.domain_id == dom.id)).scalar_one()
         if n and not force:
-            raise ConflictError(f"domain {dom.name} still has {n} users; remove them first")
+            raise ConflictError("domain {name} still has {n} users; remove them first", name=dom.name, n=n)
         for user in self.list_users(domain=dom.name, limit=None):
             self._s.remove_user(user.email)
         with self._s.write() as c:
@@ -111,7 +111,7 @@ class Directory:
     def _domain_id(self, c, domain: str) -> int:  # type: ignore[no-untyped-def]
         rid = c.execute(select(m.domains.c.id).where(m.domains.c.name == domain)).scalar()
         if rid is None:
-            raise NotFoundError(f"no such domain: {domain}")
+            raise NotFoundError("no such domain: {domain}", domain=domain)
         return rid
 
     def _address_taken(self, c, email: str) -> str | None:  # type: ignore[no-untyped-def]
@@ -146,7 +146,7 @@ class Directory:
             did = self._domain_id(c, split_address(email)[1])
             taken = self._address_taken(c, email)
             if taken:
-                raise ConflictError(f"{email} is already {taken}")
+                raise ConflictError("{email} is already {taken}", email=email, taken=taken)
             if department_id is not None:
                 self._check_department(c, department_id, did)
             c.execute(
@@ -177,7 +177,7 @@ class Directory:
         with self._s.read() as c:
             row = c.execute(select(m.users).where(m.users.c.email == email)).first()
         if row is None:
-            raise NotFoundError(f"no such user: {email}")
+            raise NotFoundError("no such user: {email}", email=email)
         return _user(row)
 
     def find_user(self, email: str) -> User | None:
@@ -190,7 +190,7 @@ class Directory:
         with self._s.read() as c:
             row = c.execute(select(m.users).where(m.users.c.id == user_id)).first()
         if row is None:
-            raise NotFoundError(f"no such user id: {user_id}")
+            raise NotFoundError("no such user id: {user_id}", user_id=user_id)
         return _user(row)
 
     def list_users(
@@ -233,12 +233,12 @@ class Directory:
         allowed = {"name", "quota_bytes", "quota_messages", "department_id", "title", "phone", "state"}
         bad = set(fields) - allowed
         if bad:
-            raise InvalidInputError(f"cannot change {', '.join(sorted(bad))}")
+            raise InvalidInputError("cannot change {fields}", fields=', '.join(sorted(bad)))
         if "state" in fields and fields["state"] not in USER_STATES:
-            raise InvalidInputError(f"state must be one of {', '.join(USER_STATES)}")
+            raise InvalidInputError("state must be one of {choices}", choices=', '.join(USER_STATES))
         for k in ("quota_bytes", "quota_messages"):
             if k in fields and (not isinstance(fields[k], int) or fields[k] < 0):  # type: ignore[operator]
-                raise InvalidInputError(f"{k} must be a non-negative integer")
+                raise InvalidInputError("{k} must be a non-negative integer", k=k)
         user = self.get_user(email)
         with self._s.write() as c:
             if fields.get("department_id") is not None:
@@ -275,7 +275,7 @@ class Directory:
     def _check_department(self, c, department_id: int, domain_id: int) -> None:  # type: ignore[no-untyped-def]
         row = c.execute(select(m.departments.c.domain_id).where(m.departments.c.id == department_id)).first()
         if row is None:
-            raise NotFoundError(f"no such department: {department_id}")
+            raise NotFoundError("no such department: {department_id}", department_id=department_id)
         if row.domain_id != domain_id:
             raise InvalidInputError("the department belongs to another domain")
 
@@ -296,7 +296,7 @@ class Directory:
                 )
             ).first()
             if dup:
-                raise ConflictError(f"department {name} already exists there")
+                raise ConflictError("department {name} already exists there", name=name)
             rid = c.execute(
                 insert(m.departments).values(domain_id=did, parent_id=parent_id, name=name, created=time.time())
             ).inserted_primary_key[0]
@@ -334,7 +334,7 @@ class Directory:
         with self._s.write() as c:
             n = c.execute(update(m.departments).where(m.departments.c.id == department_id).values(name=name)).rowcount
         if not n:
-            raise NotFoundError(f"no such department: {department_id}")
+            raise NotFoundError("no such department: {department_id}", department_id=department_id)
 
     def move_department(self, department_id: int, parent_id: int | None) -> None:
         if parent_id is not None and parent_id in self.department_subtree(department_id):
@@ -342,7 +342,7 @@ class Directory:
         with self._s.write() as c:
             row = c.execute(select(m.departments.c.domain_id).where(m.departments.c.id == department_id)).first()
             if row is None:
-                raise NotFoundError(f"no such department: {department_id}")
+                raise NotFoundError("no such department: {department_id}", department_id=department_id)
             if parent_id is not None:
                 self._check_department(c, parent_id, row.domain_id)
             c.execute(update(m.departments).where(m.departments.c.id == department_id).values(parent_id=parent_id))
@@ -355,7 +355,7 @@ class Directory:
                 raise ConflictError("the department still has users; move them first")
             n = c.execute(delete(m.departments).where(m.departments.c.id == department_id)).rowcount
         if not n:
-            raise NotFoundError(f"no such department: {department_id}")
+            raise NotFoundError("no such department: {department_id}", department_id=department_id)
 
     # ---------------------------------------------------------------- aliases
     def add_alias(self, source: str, destination: str) -> Alias:
@@ -367,11 +367,11 @@ class Directory:
             did = self._domain_id(c, split_address(source)[1])
             taken = self._address_taken(c, source)
             if taken and taken != "an alias":
-                raise ConflictError(f"{source} is already {taken}")
+                raise ConflictError("{source} is already {taken}", source=source, taken=taken)
             if c.execute(
                 select(m.aliases.c.id).where(m.aliases.c.source == source, m.aliases.c.destination == destination)
             ).first():
-                raise ConflictError(f"alias {source} -> {destination} already exists")
+                raise ConflictError("alias {source} -> {destination} already exists", source=source, destination=destination)
             c.execute(insert(m.aliases).values(domain_id=did, source=source, destination=destination, created=time.time()))
         return Alias(source, destination)
 
@@ -390,19 +390,19 @@ class Directory:
         with self._s.write() as c:
             n = c.execute(q).rowcount
         if not n:
-            raise NotFoundError(f"no such alias: {source}")
+            raise NotFoundError("no such alias: {source}", source=source)
         return n
 
     # ----------------------------------------------------------------- groups
     def add_group(self, email: str, *, name: str = "", post_policy: str = "members") -> Group:
         email = normalise_address(email)
         if post_policy not in POST_POLICIES:
-            raise InvalidInputError(f"post policy must be one of {', '.join(POST_POLICIES)}")
+            raise InvalidInputError("post policy must be one of {choices}", choices=', '.join(POST_POLICIES))
         with self._s.write() as c:
             did = self._domain_id(c, split_address(email)[1])
             taken = self._address_taken(c, email)
             if taken:
-                raise ConflictError(f"{email} is already {taken}")
+                raise ConflictError("{email} is already {taken}", email=email, taken=taken)
             rid = c.execute(
                 insert(m.groups).values(domain_id=did, email=email, name=name, post_policy=post_policy, created=time.time())
             ).inserted_primary_key[0]
@@ -413,7 +413,7 @@ class Directory:
         with self._s.read() as c:
             row = c.execute(select(m.groups).where(m.groups.c.email == email)).first()
             if row is None:
-                raise NotFoundError(f"no such group: {email}")
+                raise NotFoundError("no such group: {email}", email=email)
             members = c.execute(
                 select(m.group_members.c.kind, m.group_members.c.member)
                 .where(m.group_members.c.group_id == row.id)
@@ -437,7 +437,7 @@ class Directory:
 
     def set_group_policy(self, email: str, post_policy: str) -> Group:
         if post_policy not in POST_POLICIES:
-            raise InvalidInputError(f"post policy must be one of {', '.join(POST_POLICIES)}")
+            raise InvalidInputError("post policy must be one of {choices}", choices=', '.join(POST_POLICIES))
         g = self.get_group(email)
         with self._s.write() as c:
             c.execute(update(m.groups).where(m.groups.c.id == g.id).values(post_policy=post_policy))
@@ -458,11 +458,11 @@ class Directory:
             value = str(int(member))
             with self._s.read() as c:
                 if not c.execute(select(m.departments.c.id).where(m.departments.c.id == int(value))).first():
-                    raise NotFoundError(f"no such department: {value}")
+                    raise NotFoundError("no such department: {value}", value=value)
         else:
             raise InvalidInputError("member kind must be address or department")
         if (kind, value) in g.members:
-            raise ConflictError(f"{value} is already a member of {g.email}")
+            raise ConflictError("{value} is already a member of {email}", value=value, email=g.email)
         with self._s.write() as c:
             c.execute(insert(m.group_members).values(group_id=g.id, kind=kind, member=value))
 
@@ -476,7 +476,7 @@ class Directory:
                 )
             ).rowcount
         if not n:
-            raise NotFoundError(f"{value} is not a member of {g.email}")
+            raise NotFoundError("{value} is not a member of {email}", value=value, email=g.email)
 
     # ------------------------------------------------------------ resolution
     def alias_targets(self, address: str) -> list[str]:
@@ -541,7 +541,7 @@ class Directory:
     # ----------------------------------------------------------------- admins
     def add_admin(self, email: str, role: str, scope: str | int | None = None) -> Admin:
         if role not in ADMIN_ROLES:
-            raise InvalidInputError(f"role must be one of {', '.join(ADMIN_ROLES)}")
+            raise InvalidInputError("role must be one of {choices}", choices=', '.join(ADMIN_ROLES))
         user = self.get_user(email)
         scope_domain_id = scope_department_id = None
         with self._s.write() as c:
@@ -554,9 +554,9 @@ class Directory:
                     raise InvalidInputError("a department admin needs --scope DEPARTMENT_ID")
                 scope_department_id = int(scope)
                 if not c.execute(select(m.departments.c.id).where(m.departments.c.id == scope_department_id)).first():
-                    raise NotFoundError(f"no such department: {scope}")
+                    raise NotFoundError("no such department: {scope}", scope=scope)
             elif scope:
-                raise InvalidInputError(f"the {role} role takes no scope")
+                raise InvalidInputError("the {role} role takes no scope", role=role)
             dup = c.execute(
                 select(m.admins.c.id).where(
                     m.admins.c.user_id == user.id,
@@ -566,7 +566,7 @@ class Directory:
                 )
             ).first()
             if dup:
-                raise ConflictError(f"{user.email} is already {role} admin with that scope")
+                raise ConflictError("{email} is already {role} admin with that scope", email=user.email, role=role)
             c.execute(
                 insert(m.admins).values(
                     user_id=user.id,
@@ -598,5 +598,5 @@ class Directory:
         with self._s.write() as c:
             n = c.execute(q).rowcount
         if not n:
-            raise NotFoundError(f"{user.email} is not an admin")
+            raise NotFoundError("{email} is not an admin", email=user.email)
         return n

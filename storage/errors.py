@@ -8,7 +8,18 @@ from __future__ import annotations
 
 
 class StoreError(Exception):
-    """Base class of every store error."""
+    """Base class of every store error.
+
+    Raised as ``NotFoundError("no such user: {email}", email=e)``: the
+    English template and its values are kept apart (``template``,
+    ``params``) so the CLI and the panel can show the message translated;
+    ``str()`` is the English text.
+    """
+
+    def __init__(self, message: str = "", /, **params: object) -> None:
+        self.template = message
+        self.params = params
+        super().__init__(message.format(**params) if params else message)
 
 
 class CryptoError(StoreError):
@@ -20,7 +31,7 @@ class KeyMissingError(CryptoError):
 
     def __init__(self, account_uuid: str, detail: str = "its key was destroyed") -> None:
         self.account_uuid = account_uuid
-        super().__init__(f"mail of account {account_uuid} cannot be read: {detail}")
+        super().__init__("mail of account {account} cannot be read: {detail}", account=account_uuid, detail=detail)
 
 
 class BlobCorruptError(CryptoError):
@@ -29,7 +40,7 @@ class BlobCorruptError(CryptoError):
     def __init__(self, path: object, where: str, detail: str) -> None:
         self.path = str(path)
         self.where = where
-        super().__init__(f"message file {self.path} is corrupt at {where}: {detail}")
+        super().__init__("message file {path} is corrupt at {where}: {detail}", path=self.path, where=where, detail=detail)
 
 
 class NotFoundError(StoreError):

@@ -263,15 +263,15 @@ class GroupCommitter:
                     t = p.target
                     mb = q.first("SELECT id, uidvalidity FROM mailboxes WHERE user_id = ? AND name = ?", (t.user.id, t.mailbox))
                     if mb is None:
-                        job.report.failed[t.user.email] = NotFoundError(f"no such mailbox: {t.mailbox}")
+                        job.report.failed[t.user.email] = NotFoundError("no such mailbox: {mailbox}", mailbox=t.mailbox)
                         continue
                     u = q.first("SELECT quota_bytes, quota_messages, used_bytes, used_messages FROM users WHERE id = ?", (t.user.id,))
                     if u is None:
-                        job.report.failed[t.user.email] = NotFoundError(f"no such user: {t.user.email}")
+                        job.report.failed[t.user.email] = NotFoundError("no such user: {email}", email=t.user.email)
                         continue
                     qb, qm, ub, um = u
                     if job.strict_quota and ((qb and ub + p.size > qb) or (qm and um + 1 > qm)):
-                        job.report.failed[t.user.email] = QuotaExceededError(f"mailbox of {t.user.email} is full")
+                        job.report.failed[t.user.email] = QuotaExceededError("mailbox of {email} is full", email=t.user.email)
                         continue
                     uid = index_message(store, c, t.user, mb[0], p.blob_id, p.size, job.when, p.mask, p.keywords,
                                         job.meta_json, job.summary_json)
@@ -306,7 +306,7 @@ class Ingest:
         if not targets:
             raise InvalidInputError("no recipients")
         if len(raw) > self._s.max_message_size:
-            raise QuotaExceededError(f"message too large ({len(raw)} bytes, {self._s.max_message_size} at most)")
+            raise QuotaExceededError("message too large ({size} bytes, {max_message_size} at most)", size=len(raw), max_message_size=self._s.max_message_size)
         when = internal_date if internal_date is not None else time.time()
         meta = scan(raw, max_depth=self._s.max_mime_depth)
         job = _Job([], when, json.dumps(meta, separators=(",", ":")).encode(),
@@ -354,7 +354,7 @@ class Delivery:
     def add_recipient(self, address: str, *, mailbox: str = "INBOX", flags: tuple[str, ...] = ()) -> User:
         user = self._s.directory.get_user(address)
         if not user.active:
-            raise InvalidInputError(f"account {user.email} is disabled")
+            raise InvalidInputError("account {email} is disabled", email=user.email)
         if user.email not in self._targets:
             self._targets[user.email] = Target(user, mailbox, flags)
         return user

@@ -106,14 +106,14 @@ class MailStore:
         with self._s.read() as c:
             r = c.execute(select(m.mailboxes).where(m.mailboxes.c.user_id == user_id, m.mailboxes.c.name == name)).first()
         if r is None:
-            raise NotFoundError(f"no such mailbox: {name}")
+            raise NotFoundError("no such mailbox: {name}", name=name)
         return _mailbox(r)
 
     def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox:
         with self._s.read() as c:
             r = c.execute(select(m.mailboxes).where(m.mailboxes.c.id == mailbox_id)).first()
         if r is None:
-            raise NotFoundError(f"no such mailbox id: {mailbox_id}")
+            raise NotFoundError("no such mailbox id: {mailbox_id}", mailbox_id=mailbox_id)
         return _mailbox(r)
 
     def find_special(self, user_id: int, special_use: str) -> Mailbox | None:
@@ -126,17 +126,17 @@ class MailStore:
     def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
         name = validate_mailbox_name(name)
         if special_use is not None and special_use not in SPECIAL_USES:
-            raise InvalidInputError(f"unknown special use {special_use}")
+            raise InvalidInputError("unknown special use {special_use}", special_use=special_use)
         with self._s.write() as c:
             count = c.execute(select(func.count()).select_from(m.mailboxes).where(m.mailboxes.c.user_id == user_id)).scalar_one()
             if count >= self._s.max_mailboxes:
-                raise QuotaExceededError(f"too many mailboxes ({self._s.max_mailboxes} at most)")
+                raise QuotaExceededError("too many mailboxes ({max_mailboxes} at most)", max_mailboxes=self._s.max_mailboxes)
             if c.execute(select(m.mailboxes.c.id).where(m.mailboxes.c.user_id == user_id, m.mailboxes.c.name == name)).first():
-                raise ConflictError(f"mailbox {name} already exists")
+                raise ConflictError("mailbox {name} already exists", name=name)
             if special_use and c.execute(
                 select(m.mailboxes.c.id).where(m.mailboxes.c.user_id == user_id, m.mailboxes.c.special_use == special_use)
             ).first():
-                raise ConflictError(f"another mailbox is already {special_use}")
+                raise ConflictError("another mailbox is already {special_use}", special_use=special_use)
             self._insert_mailbox(c, user_id, name, special_use)
         return self.get_mailbox(user_id, name)
 
@@ -155,9 +155,9 @@ class MailStore:
             rows = c.execute(select(m.mailboxes.c.id, m.mailboxes.c.name).where(m.mailboxes.c.user_id == user_id)).all()
             names = {r.name: r.id for r in rows}
             if old not in names:
-                raise NotFoundError(f"no such mailbox: {old}")
+                raise NotFoundError("no such mailbox: {old}", old=old)
             if new in names:
-                raise ConflictError(f"mailbox {new} already exists")
+                raise ConflictError("mailbox {new} already exists", new=new)
             if new.startswith(old + "/"):
                 raise InvalidInputError("cannot move a mailbox into itself")
             for name, mid in names.items():
@@ -180,7 +180,7 @@ class MailStore:
 
     def set_special_use(self, user_id: int, name: str, special_use: str | None) -> None:
         if special_use is not None and special_use not in SPECIAL_USES:
-            raise InvalidInputError(f"unknown special use {special_use}")
+            raise InvalidInputError("unknown special use {special_use}", special_use=special_use)
         mb = self.get_mailbox(user_id, name)
         with self._s.write() as c:
             c.execute(update(m.mailboxes).where(m.mailboxes.c.id == mb.id).values(special_use=special_use))
@@ -238,7 +238,7 @@ class MailStore:
     def message(self, mailbox_id: int, uid: int) -> MessageInfo:
         got = self.messages(mailbox_id, [uid])
         if not got:
-            raise NotFoundError(f"no message with UID {uid}")
+            raise NotFoundError("no message with UID {uid}", uid=uid)
         return got[0]
 
     def _user_uuid_for_mailbox(self, mailbox_id: int) -> str:
@@ -247,7 +247,7 @@ class MailStore:
                 select(m.users.c.uuid).join(m.mailboxes, m.mailboxes.c.user_id == m.users.c.id).where(m.mailboxes.c.id == mailbox_id)
             ).first()
         if r is None:
-            raise NotFoundError(f"no such mailbox id: {mailbox_id}")
+            raise NotFoundError("no such mailbox id: {mailbox_id}", mailbox_id=mailbox_id)
         return r.uuid
 
     def meta(self, user: User, msg: MessageInfo) -> dict:
@@ -261,7 +261,7 @@ class MailStore:
         with self._s.read() as c:
             sealed = c.execute(select(m.blobs.c.meta).where(m.blobs.c.blob_id == msg.blob_id)).scalar()
         if sealed is None:
-            raise NotFoundError(f"message {msg.uid} is gone")
+            raise NotFoundError("message {uid} is gone", uid=msg.uid)
         meta = json.loads(self._s.keyring.open(user.uuid, sealed, b"meta|" + msg.blob_id.encode()))
         with self._cache_lock:
             self._meta_cache[key] = meta

@@ -55,7 +55,7 @@ class Store:
         if create_schema:
             db.upgrade(self.engine)
         elif not db.has_schema(self.engine):
-            raise SchemaMissingError(f"the database at {database_url} has no schema; run 'appliance init' or 'appliance migrate'")
+            raise SchemaMissingError("the database at {database_url} has no schema; run 'appliance init' or 'appliance migrate'", database_url=database_url)
         master = load_master_key(master_key_file)
         self.keyring = Keyring(keys_dir, master)
         self.blobs = BlobStore(mail_dir, self.keyring, fsync=fsync)
@@ -156,7 +156,7 @@ class Store:
             if c.execute(select(m.app_passwords.c.id).where(m.app_passwords.c.user_id == user.id, m.app_passwords.c.name == name)).first():
                 from .errors import ConflictError
 
-                raise ConflictError(f"{user.email} already has an app password named {name}")
+                raise ConflictError("{email} already has an app password named {name}", email=user.email, name=name)
             c.execute(
                 insert(m.app_passwords).values(
                     user_id=user.id, name=name, digest=app_password_digest(self.app_password_key, code), created=time.time()
@@ -178,7 +178,7 @@ class Store:
         with self.write() as c:
             n = c.execute(q).rowcount
         if name is not None and not n:
-            raise NotFoundError(f"{user.email} has no app password named {name}")
+            raise NotFoundError("{email} has no app password named {name}", email=user.email, name=name)
         return n
 
     # ---------------------------------------------------------- delivery

@@ -161,3 +161,23 @@ def test_chinese_messages(inst):  # type: ignore[no-untyped-def]
     assert p.returncode == 64 and "用法错误" in p.stderr.decode()
     p = run_cli("-c", str(inst.config_path), "status", env={"APPLIANCE_LANG": "zh-CN"})
     assert p.returncode == 0 and "邮件存储" in p.stdout.decode()
+    p = run_cli("-c", str(inst.config_path), "user", "show", "nobody@example.test", env={"APPLIANCE_LANG": "zh-CN"})
+    assert p.returncode == 67 and "用户不存在：nobody@example.test" in p.stderr.decode()
+
+
+def test_no_plaintext_anywhere_in_the_instance(make_instance):  # type: ignore[no-untyped-def]
+    inst = make_instance()
+    word = b"quetzalcoatlunique"
+    msg = (b"From: Bob <bob@remote.example>\r\nTo: alice@example.test\r\nSubject: the " + word +
+           b" plan\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n" + word * 3 +
+           b"\r\n--b1\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=x.bin\r\n\r\n" + word +
+           b"\r\n--b1--\r\n")
+    p = inst.cli("deliver", "alice@example.test", "admin@example.test", input=msg)
+    assert p.returncode == 0, p.stderr
+    boxes = {b["name"]: b for b in json.loads(inst.cli("mailbox", "list", "alice@example.test", "--json").stdout)}
+    assert boxes["INBOX"]["messages"] == 1
+    found = []
+    for path in inst.path.rglob("*"):
+        if path.is_file() and word in path.read_bytes():
+            found.append(str(path))
+    assert found == []
