@@ -154,13 +154,13 @@ class WebAdmin:
             if scope_domain:
                 dom_id = c.execute(select(m.domains.c.id).where(m.domains.c.name == normalise_domain(scope_domain))).scalar()
                 if dom_id is None:
-                    raise NotFoundError(f"no such domain: {scope_domain}")
+                    raise NotFoundError("no such domain: {domain}", domain=scope_domain)
             if scope_department_id is not None and not c.execute(
                 select(m.departments.c.id).where(m.departments.c.id == scope_department_id)
             ).first():
-                raise NotFoundError(f"no such department: {scope_department_id}")
+                raise NotFoundError("no such department: {department_id}", department_id=scope_department_id)
             if c.execute(select(m.api_tokens.c.id).where(m.api_tokens.c.user_id == user_id, m.api_tokens.c.name == name)).first():
-                raise ConflictError(f"a token named {name} already exists")
+                raise ConflictError("a token named {name} already exists", name=name)
             tid = c.execute(
                 insert(m.api_tokens).values(
                     digest=self._digest(b"token", secret), name=name, user_id=user_id, role=role,
@@ -208,7 +208,7 @@ class WebAdmin:
         with self._s.write() as c:
             n = c.execute(delete(m.api_tokens).where(m.api_tokens.c.id == token_id)).rowcount
         if not n:
-            raise NotFoundError(f"no such token: {token_id}")
+            raise NotFoundError("no such token: {token_id}", token_id=token_id)
 
     # ---------------------------------------------------------------- views
     def count_users(

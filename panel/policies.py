@@ -1,0 +1,112 @@
+"""Policies set on the panel's Policies page.
+
+Stored as one JSON object under the setting key ``policies``
+(``store.get_setting("policies")``); every service reads the keys it needs
+and falls back to ``DEFAULTS`` for a missing key:
+
+- ``password_min_length`` (int), ``password_classes`` (int 1-4: how many of
+  lower case, upper case, digits, other characters): enforced here when the
+  panel or the API sets a password.
+- ``admin_totp_required`` (bool, default true): admins must use TOTP for the
+  panel (enforced here). ``user_totp_required`` (bool): the same for users'
+  self-service pages.
+- ``app_passwords_allowed`` (bool): whether users may create app passwords
+  (client authorisation codes) for IMAP/SMTP.
+- ``max_message_size`` (bytes, 0 = the config's smtp.max_message_size),
+  ``outbound_per_hour`` (messages per account per hour, 0 = the config's
+  limits.outbound_messages_per_hour), ``log_retention_days`` (0 = the
+  config's log.retention): read by the MTA and the event log pruning.
+- ``idle_timeout_minutes``: the panel signs out an idle session after this.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .i18n import _
+
+KEY = "policies"
+
+DEFAULTS: dict[str, Any] = {
+    "password_min_length": 10,
+    "password_classes": 2,
+    "admin_totp_required": True,
+    "user_totp_required": False,
+    "app_passwords_allowed": True,
+    "max_message_size": 0,
+    "outbound_per_hour": 0,
+    "log_retention_days": 0,
+    "idle_timeout_minutes": 30,
+}
+
+LIMITS: dict[str, tuple[int, int]] = {
+    "password_min_length": (6, 128),
+    "password_classes": (1, 4),
+    "max_message_size": (0, 2 * 1024**3),
+    "outbound_per_hour": (0, 10**9),
+    "log_retention_days": (0, 36500),
+    "idle_timeout_minutes": (1, 24 * 60),
+}
+
+
+def load(store) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    raw = store.get_setting(KEY)
+    out = dict(DEFAULTS)
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k in DEFAULTS and type(v) is type(DEFAULTS[k]):
+                out[k] = v
+    return out
+
+
+def validate(values: dict[str, Any]) -> dict[str, Any]:
+    """Check and coerce submitted values; raise ValueError naming the first bad one."""
+    out = dict(DEFAULTS)
+    for k, default in DEFAULTS.items():
+        if k not in values:
+            continue
+        v = values[k]
+        if isinstance(default, bool):
+            out[k] = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "on", "yes")
+            continue
+        try:
+            n = int(str(v).strip())
+        except ValueError:
+            raise ValueError(_("{field} must be a whole number").format(field=k)) from None
+        low, high = LIMITS[k]
+        if not low <= n <= high:
+            raise ValueError(_("{field} must be between {low} and {high}").format(field=k, low=low, high=high))
+        out[k] = n
+    return out
+
+
+def save(store, values: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    clean = validate(values)
+    store.set_setting(KEY, json.dumps(clean, sort_keys=True))
+    return clean
+
+
+def password_problem(policy: dict[str, Any], password: str) -> str | None:
+    """None if ``password`` meets the policy, else the reason in the request's language."""
+    if len(password) > 1024:
+        return _("the password is too long (1024 characters at most)")
+    if len(password) < policy["password_min_length"]:
+        return _("the password must have at least {n} characters").format(n=policy["password_min_length"])
+    classes = sum(
+        (
+            any(c.islower() for c in password),
+            any(c.isupper() for c in password),
+            any(c.isdigit() for c in password),
+            any(not c.isalnum() for c in password),
+        )
+    )
+    if classes < policy["password_classes"]:
+        return _("the password must mix at least {n} of: lower case, upper case, digits, other characters").format(
+            n=policy["password_classes"]
+        )
+    return None
