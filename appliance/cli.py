@@ -64,14 +64,14 @@ def actor() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_directory, cli_install, cli_mail, cli_ops
+    from . import cli_antispam, cli_directory, cli_dkim, cli_install, cli_mail, cli_ops, cli_queue
 
     p = _Parser(prog="appliance", description=_("Private mail server appliance: command line for operators."))
     p.add_argument("-c", "--config", help=_("path of appliance.toml (default $APPLIANCE_CONFIG, else /etc/appliance/appliance.toml)"))
     p.add_argument("--debug", action="store_true", help=_("show a traceback on errors"))
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (cli_ops, cli_directory, cli_mail, cli_install):
+    for module in (cli_ops, cli_directory, cli_mail, cli_install, cli_antispam, cli_queue, cli_dkim):
         module.register(sub)
     return p
 

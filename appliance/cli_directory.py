@@ -73,6 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = u.add_parser("unlock", help=_("clear a login lockout"))
     p.add_argument("email")
     p.set_defaults(func=user_unlock)
+    p = u.add_parser("export", help=_("write all of a user's mail (Maildir in a zip) and sign-in history to a file"))
+    p.add_argument("email")
+    p.add_argument("--output", "-o", required=True, help=_("the zip file to write ('-' for standard output)"))
+    p.set_defaults(func=user_export)
     ap = u.add_parser("app-password", help=_("app passwords (client authorisation codes)"))
     aps = ap.add_subparsers(dest="ap_cmd", metavar="ACTION")
     aps.required = True
@@ -321,6 +325,38 @@ def user_unlock(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(_("login lockout of {email} cleared").format(email=args.email))
+    return 0
+
+
+def user_export(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from storage.export import write_export
+
+    store = open_store(args)
+    try:
+        u = store.directory.get_user(args.email)
+        if args.output == "-":
+            size = write_export(store, u.email, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            target = Path(args.output)
+            fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".zip", dir=str(target.parent.resolve()))
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    size = write_export(store, u.email, f)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        store.events.admin(actor(), "user.export", u.email, detail={"bytes": size})
+    finally:
+        store.close()
+    if args.output != "-":
+        print(_("mail and sign-in history of {email} written to {path} ({size})").format(
+            email=u.email, path=args.output, size=human_size(size)))
     return 0
 
 

@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--limit", type=int, default=100)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_log, kind={"mail": "delivery"}.get(kind, kind))
+    p = ls.add_parser("prune", help=_("delete events older than the retention (policy, else log.retention); run daily"))
+    p.add_argument("--older-than", help=_("override the retention, e.g. 90d (at least 1d)"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_log_prune)
 
 
 def parse_since(value: str) -> float:
@@ -138,4 +142,34 @@ def cmd_log(args: argparse.Namespace) -> int:
     else:
         print_table([_("time"), _("who"), _("action"), _("target"), _("result")],
                     [(when(e.ts), e.actor, e.action, e.subject, e.result) for e in events])
+    return 0
+
+
+def cmd_log_prune(args: argparse.Namespace) -> int:
+    from storage import retention
+
+    from .cli import actor
+    from .config import parse_duration
+
+    cfg = load(args)
+    keep = None
+    if args.older_than:
+        try:
+            keep = float(parse_duration(args.older_than))
+        except Exception:  # noqa: BLE001
+            keep = None
+        if keep is None or keep < retention.DAY:
+            raise CliError(_("invalid --older-than {value!r}: use a duration of at least 1d, e.g. 90d").format(value=args.older_than), 64)
+    store = open_store(args)
+    try:
+        seconds = keep if keep is not None else retention.retention_seconds(store, cfg.log.retention)
+        done = retention.prune(store, retention=seconds)
+        store.events.admin(actor(), "log.prune", None, detail={"retention_days": round(seconds / retention.DAY, 2),
+                                                               "events": done["events"]})
+    finally:
+        store.close()
+    if args.json:
+        print_json(done)
+    else:
+        print(_("{n} events older than {date} deleted").format(n=done["events"], date=when(done["cutoff"])))
     return 0

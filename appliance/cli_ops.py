@@ -106,8 +106,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         db_bytes = _dir_size(Path(cfg.instance.data_dir)) - store_bytes
     finally:
         store.close()
+    from antispam.status import describe
+
+    antispam = describe(cfg)
     info = {"instance": cfg.instance.name, "hostname": cfg.instance.hostname, "listeners": listeners, "counts": counts,
-            "mail_bytes": store_bytes, "other_bytes": db_bytes}
+            "mail_bytes": store_bytes, "other_bytes": db_bytes, "antispam": antispam}
     if args.json:
         print_json(info)
         return 0
@@ -116,6 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 [(x["name"], x["protocol"], x["bind"], x["tls"], _("up") if x["up"] else _("down")) for x in listeners])
     print(_("domains {domains}, users {users}, messages {messages}").format(**counts))
     print(_("mail store {size}").format(size=human_size(store_bytes)))
+    print(_("antispam: {state} ({detail})").format(state=_(antispam["state"]), detail=antispam["detail"]))
     return 0
 
 

@@ -229,6 +229,12 @@ def _conv_int(raw: Any, opt: Option, ctx: _Ctx) -> int:
     return raw
 
 
+def _conv_float(raw: Any, opt: Option, ctx: _Ctx) -> float:
+    if not isinstance(raw, int | float) or isinstance(raw, bool):
+        raise _expected(_("a number"), raw)
+    return float(raw)
+
+
 def _conv_size(raw: Any, opt: Option, ctx: _Ctx) -> int:
     if not isinstance(raw, str | int) or isinstance(raw, bool):
         raise _expected(_('a size such as "512K", "25M", "2G" or a number of bytes'), raw)
@@ -287,6 +293,17 @@ def _conv_ip_list(raw: Any, opt: Option, ctx: _Ctx) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _conv_domain_list(raw: Any, opt: Option, ctx: _Ctx) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise _expected(_("a list of domain names"), raw)
+    out = []
+    for item in raw:
+        if not _HOSTNAME_RE.fullmatch(item):
+            raise _Invalid(_("invalid host name {value!r}").format(value=item))
+        out.append(item.rstrip(".").lower())
+    return tuple(out)
+
+
 def _conv_bind(raw: Any, opt: Option, ctx: _Ctx) -> tuple[str, int]:
     if not isinstance(raw, str):
         raise _expected(_('"host:port" (IPv6 as "[::1]:port")'), raw)
@@ -298,10 +315,12 @@ _KINDS: dict[str, tuple[Callable[[Any, Option, _Ctx], Any], Any, Callable[[Any],
     "str": (_conv_str, str, str),
     "bool": (_conv_bool, bool, str),
     "int": (_conv_int, int, str),
+    "float": (_conv_float, float, lambda v: f"{v:g}"),
     "size": (_conv_size, int, format_size),
     "duration": (_conv_duration, float, format_duration),
     "path": (_conv_path, Path, str),
     "ip_list": (_conv_ip_list, tuple, str),
+    "domain_list": (_conv_domain_list, tuple, str),
     "bind": (_conv_bind, tuple, str),
 }
 
@@ -494,6 +513,7 @@ SCHEMA: dict[str, Section] = {
         "idle_timeout": Option("duration", "5m", "Drop a connection silent for this long (RFC 5321 asks for at least 5m).", min=1),
         "require_tls_for_auth": Option("bool", True, "Offer AUTH only after TLS. Keep true."),
         "reject_dmarc": Option("bool", True, "Reject mail failing DMARC with policy p=reject instead of filing it as spam."),
+        "directory_cache_ttl": Option("duration", "5s", "How long the MTA trusts a directory answer (a user, its state and quota, a group's members); changes made in the panel or the CLI reach SMTP within this time. 0 asks the directory every time.", min=0, max=HOUR),
     }),
     "imap": Section("IMAP and POP3 limits.", {
         "max_line_length": Option("size", "64K", "Longest command line.", min=1 * K, max=16 * M),
@@ -519,14 +539,29 @@ SCHEMA: dict[str, Section] = {
         "timeout": Option("duration", "5s", "Timeout of one lookup.", min=0.1, max=MINUTE),
         "port": Option("int", 53, "Port of the resolvers above (UDP, TCP for long answers); tests use a high port.", min=1, max=65535),
     }),
-    "queue": Section("Outbound mail queue.", {
-        "max_lifetime": Option("duration", "5d", "Give up and bounce after this long.", min=MINUTE, max=30 * DAY),
+    "queue": Section("Outbound mail queue and delivery to other mail servers (mta/outbound.py).", {
+        "max_lifetime": Option("duration", "5d", "Give up and bounce after this long.", min=1, max=30 * DAY),
         "delay_notice_after": Option("duration", "4h", "Tell the sender a message is delayed after this long; 0 never.", min=0),
         "retry_base": Option("duration", "5m", "First retry delay; later ones back off exponentially.", min=1, max=DAY),
+        "retry_max": Option("duration", "1h", "Longest wait between two attempts: the back-off doubles from retry_base up to this.", min=1, max=DAY),
         "max_per_domain": Option("int", 5, "Concurrent deliveries to one destination domain.", min=1, max=1000),
+        "max_connections": Option("int", 50, "Outbound SMTP connections open at once, all destinations together.", min=1, max=10_000),
+        "connect_timeout": Option("duration", "30s", "Timeout of one TCP connection to a mail server.", min=0.1, max=10 * MINUTE),
+        "command_timeout": Option("duration", "5m", "Timeout of each SMTP reply (greeting, EHLO, MAIL, RCPT, DATA, end of data); RFC 5321 asks for 5 to 10 minutes.", min=1, max=HOUR),
+        "remote_port": Option("int", 25, "Port of remote MX hosts. Keep 25; tests and special setups (a port-forwarding relay) change it.", min=1, max=65535),
+        "tls_required_domains": Option("domain_list", [], "Destination domains reached only over TLS with a valid certificate for the MX host name (strict TLS); mail to them waits in the queue otherwise. Other domains use STARTTLS when offered (opportunistic)."),
+        "tls_ca_file": Option("path", "", "CA certificates (PEM) for verifying remote MX hosts and the smarthost (strict TLS, MTA-STS); \"\" uses the system's.", optional=True, check=_readable_file),
+        "mta_sts": Option("bool", True, "Honour the MTA-STS policy (RFC 8461) a destination domain publishes: fetched over HTTPS with a 10s timeout, cached for its max_age."),
+        "hold": Option("bool", False, "Keep outbound mail in the queue without delivering it (maintenance, test instances); `appliance queue list` still shows it."),
         "smarthost": Option("str", "", "Relay all outbound mail through \"host[:port]\" (IPv6 \"[addr]:port\"); \"\" delivers directly by MX.", check=_smarthost),
+        "smarthost_tls": Option("str", "starttls", "TLS to the smarthost: starttls (required, certificate verified), implicit (TLS from the first byte, usually port 465, verified) or opportunistic (STARTTLS when offered, not verified). AUTH is only ever sent over TLS.", choices=("starttls", "implicit", "opportunistic")),
         "smarthost_user": Option("str", "", "Login at the smarthost; \"\" for none."),
         "smarthost_password_file": Option("path", "", "File holding the smarthost password (mode 0600); \"\" for none.", optional=True, check=_readable_file),
+    }),
+    "dkim": Section("DKIM signing of outbound mail. Keys live in <keys_dir>/dkim/<domain>.<selector>.<ed25519|rsa>.key; see `appliance dkim show|rotate DOMAIN`.", {
+        "enabled": Option("bool", True, "Sign mail whose From: is one of our domains with that domain's active keys (Ed25519 and RSA-2048 when both exist)."),
+        "keep_old": Option("duration", "7d", "After a rotation switches to the new key, keep the old key published this long before `appliance dkim rotate DOMAIN --finish` retires it (mail still in transit must verify).", min=0, max=365 * DAY),
+        "sign_processes": Option("int", 0, "Processes that compute signatures for the MTA (RSA signing holds a CPU for ~1.5 ms and blocks Python threads); 0 is automatic: one per CPU core beyond the first, 1 to 4.", min=0, max=64),
     }),
     "antispam": Section("Spam filtering with rspamd.", {
         "enabled": Option("bool", True, "Scan inbound mail with rspamd."),
@@ -534,10 +569,25 @@ SCHEMA: dict[str, Section] = {
         "controller_url": Option("str", "http://127.0.0.1:11334", "rspamd controller (learning spam/ham).", check=_http_url),
         "timeout": Option("duration", "10s", "Timeout of one scan.", min=0.1, max=10 * MINUTE),
         "on_failure": Option("str", "accept", "When rspamd is down or slow: accept the mail unscanned, or tempfail (4xx) so the sender retries.", choices=("accept", "tempfail")),
+        "managed": Option("bool", True, "Start and supervise rspamd, redis and a loopback DNS resolver (unbound) from the antispam service, with configuration generated into <data_dir>/spam; false uses an rspamd already running at url."),
+        "redis_port": Option("int", 11379, "Port of the managed redis (on 127.0.0.1; Bayes statistics and counters).", min=1, max=65535),
+        "dns_port": Option("int", 11353, "Port of the managed loopback resolver (unbound on 127.0.0.1) that rspamd asks. It forwards to dns.resolvers when set, else answers locally at once (air-gapped hosts).", min=1, max=65535),
+        "controller_password_file": Option("path", "spam/controller.password", "Password of the rspamd controller (learning, statistics), mode 0600; created with a random password when missing.", relative_to="data_dir"),
+        "junk_score": Option("float", 6.0, "Score from which mail is filed into the recipient's Junk folder (per domain: `appliance spam threshold`).", min=-1000, max=1000),
+        "reject_score": Option("float", 15.0, "Score from which mail is rejected at SMTP time (per domain: `appliance spam threshold`).", min=-1000, max=1000),
+        "block_action": Option("str", "junk", "What happens to mail from a sender on a user's block list.", choices=("junk", "reject")),
+        "network_checks": Option("bool", False, "Let rspamd use network services (RBL, URIBL/SURBL, fuzzy hashes, ASN, rDNS of HELO). Off for private and air-gapped deployments."),
+        "greylisting": Option("bool", False, "Greylist doubtful mail from unknown senders (delays first deliveries by minutes)."),
+        "bayes_persist": Option("bool", True, "Keep the learned Bayes statistics across restarts (redis snapshots in <data_dir>/spam/redis); false keeps them in memory only."),
+        "max_scan_size": Option("size", "20M", "Larger messages are accepted unscanned (X-Spam-Status: unchecked).", min=1 * K, max=2 * G),
+        "quarantine_days": Option("int", 0, "Keep rejected spam encrypted this many days for review (`appliance quarantine`); 0 keeps none. A domain can set its own (`appliance quarantine days`).", min=0, max=365),
     }),
     "limits": Section("Per-account sending limits against a compromised password; 0 means no limit.", {
         "outbound_messages_per_hour": Option("int", 500, "Messages one account may send per hour.", min=0, max=10**9),
-        "outbound_recipients_per_hour": Option("int", 2000, "Recipients one account may send to per hour.", min=0, max=10**9),
+        "outbound_recipients_per_hour": Option("int", 2000, "Distinct recipients one account may send to per hour.", min=0, max=10**9),
+        "outbound_failures_per_hour": Option("int", 100, "Failed recipients and bounces of one account per hour.", min=0, max=10**9),
+        "outbound_usual_factor": Option("int", 10, "Freeze an account sending this many times its usual hourly rate (its average over the busy hours of the last 7 days); 0 turns this check off.", min=0, max=10**6),
+        "outbound_usual_floor": Option("int", 100, "The usual-rate check applies only from this many messages in an hour.", min=1, max=10**9),
     }),
     "tuning": Section("Sizing of the services; `appliance install` sets these from the host and the number of mailboxes, with a comment saying why.", {
         "workers": Option("int", 0, "Threads for password hashing, DKIM signing and decryption in each service process; 0 is automatic (4 per CPU core, at least 4).", min=0, max=1024),
@@ -733,8 +783,30 @@ def _check_queue(cfg: Config) -> None:
         raise _Invalid(_("must be shorter than queue.max_lifetime"), key="queue.delay_notice_after")
 
 
+def _check_antispam(cfg: Config) -> None:
+    a = cfg.antispam
+    if a.junk_score >= a.reject_score:
+        raise _Invalid(_("must be below antispam.reject_score"), key="antispam.junk_score")
+    if not a.managed:
+        return
+    ports: dict[int, str] = {}
+    for key in ("url", "controller_url"):
+        m = re.fullmatch(r"https?://([^/\s:]+)(?::(\d+))?(/\S*)?", getattr(a, key))
+        if not m or m.group(1) not in ("127.0.0.1", "localhost"):
+            raise _Invalid(_("a managed rspamd listens on 127.0.0.1 only: use http://127.0.0.1:PORT (or set antispam.managed = false)"), key=f"antispam.{key}")
+        port = int(m.group(2) or 80)
+        if port in ports:
+            raise _Invalid(_("port {port} is already used by {other}").format(port=port, other=ports[port]), key=f"antispam.{key}")
+        ports[port] = f"antispam.{key}"
+    for key in ("redis_port", "dns_port"):
+        port = getattr(a, key)
+        if port in ports:
+            raise _Invalid(_("port {port} is already used by {other}").format(port=port, other=ports[port]), key=f"antispam.{key}")
+        ports[port] = f"antispam.{key}"
+
+
 # Checks across keys, run after every value is valid on its own; add more here.
-_CHECKS: list[Callable[[Config], None]] = [_check_listeners, _check_tls, _check_queue]
+_CHECKS: list[Callable[[Config], None]] = [_check_listeners, _check_tls, _check_queue, _check_antispam]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ CATALOGUES: dict[str, dict[str, str]] = {
         "a duration such as \"30s\", \"5m\", \"4h\", \"5d\" or a number of seconds": "时长，例如 \"30s\"、\"5m\"、\"4h\"、\"5d\" 或秒数",
         "a path": "路径",
         "a list of IP addresses": "IP 地址列表",
+        "a list of domain names": "域名列表",
         "\"host:port\" (IPv6 as \"[::1]:port\")": "\"主机:端口\"（IPv6 写作 \"[::1]:端口\"）",
         "{value} is not one of {choices}": "{value} 不是可选值 {choices} 之一",
         "{value} is below the minimum {low}": "{value} 小于最小值 {low}",
@@ -71,6 +72,11 @@ CATALOGUES: dict[str, dict[str, str]] = {
         "required when queue.smarthost_user is set": "设置了 queue.smarthost_user 时必须填写",
         "must be shorter than queue.max_lifetime": "必须短于 queue.max_lifetime",
         "invalid host name {value!r}": "无效的主机名 {value!r}",
+        "a number": "数字",
+        "must be below antispam.reject_score": "必须小于 antispam.reject_score",
+        "a managed rspamd listens on 127.0.0.1 only: use http://127.0.0.1:PORT (or set antispam.managed = false)":
+            "托管的 rspamd 只监听 127.0.0.1：请使用 http://127.0.0.1:端口（或设置 antispam.managed = false）",
+        "port {port} is already used by {other}": "端口 {port} 已被 {other} 占用",
         "environment variable {name} is not set (give a default: ${{{name}:-/path}})": "环境变量 {name} 未设置（可给出默认值：${{{name}:-/路径}}）",
     },
 }

@@ -59,5 +59,13 @@ add_translations(
         "schema is up to date ({head})": "数据库结构已是最新（{head}）",
         "schema migrated from {current} to {head}": "数据库结构已从 {current} 迁移到 {head}",
         "checked {n} message files in {a} accounts: {p} problems, {r} repaired": "已检查 {a} 个账号中的 {n} 个邮件文件：{p} 个问题，已修复 {r} 个",
+        # user export, log prune
+        "write all of a user's mail (Maildir in a zip) and sign-in history to a file": "把用户的全部邮件（zip 中的 Maildir）和登录记录写入文件",
+        "the zip file to write ('-' for standard output)": "要写入的 zip 文件（'-' 表示标准输出）",
+        "mail and sign-in history of {email} written to {path} ({size})": "{email} 的邮件和登录记录已写入 {path}（{size}）",
+        "delete events older than the retention (policy, else log.retention); run daily": "删除超过保留期限（策略设置，否则为 log.retention）的事件；请每天运行",
+        "override the retention, e.g. 90d (at least 1d)": "临时指定保留期限，例如 90d（至少 1d）",
+        "invalid --older-than {value!r}: use a duration of at least 1d, e.g. 90d": "无效的 --older-than {value!r}：请使用至少 1d 的时长，例如 90d",
+        "{n} events older than {date} deleted": "已删除 {n} 条早于 {date} 的事件",
     },
 )

@@ -86,5 +86,11 @@ add_translations(
         "{value} is not a member of {email}": "{value} 不是 {email} 的成员",
         "mail of account {account} cannot be read: {detail}": "账号 {account} 的邮件无法读取：{detail}",
         "message file {path} is corrupt at {where}: {detail}": "邮件文件 {path} 在 {where} 处损坏：{detail}",
+        # storage/vacation.py
+        "invalid date {value!r}: use YYYY-MM-DD": "无效的日期 {value!r}：请使用 YYYY-MM-DD 格式",
+        "the auto-reply text is too long ({n} characters at most)": "自动回复内容过长（最多 {n} 个字符）",
+        "days between replies must be a whole number from 1 to {n}": "两次回复之间的天数必须是 1 到 {n} 之间的整数",
+        "the last day comes before the first day": "结束日期早于开始日期",
+        "write the auto-reply text before turning it on": "请先填写自动回复内容再开启",
     },
 )

@@ -18,6 +18,12 @@ Roles (``storage.directory.ADMIN_ROLES``):
 
 Every admin may read the dashboard (scoped) and manage its own API tokens;
 a token carries one grant, never more than its owner has.
+
+Every signed-in person, admin or not, has the "My account" pages: the target
+``Target(SELF, domain, department_id, owner=email)`` is allowed to its owner,
+and to the admins who may change that user (``WRITE`` on the user), so an
+admin can unlock an account or download its mail for the user. People
+without a grant see nothing of the admin area (``admin_area``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ ADDRESSBOOK = "addressbook"
 LOGS = "logs"
 DASHBOARD = "dashboard"
 TOKEN = "token"  # the principal's own tokens
+SELF = "self"  # one user's own account: profile, password, two-step verification, app passwords, data
 
 
 class Forbidden(Exception):
@@ -86,6 +93,7 @@ class Target:
     kind: str
     domain: str | None = None
     department_id: int | None = None
+    owner: str | None = None  # SELF targets: whose account
 
 
 def _allows(g: Grant, action: str, t: Target) -> bool:
@@ -112,7 +120,22 @@ def _allows(g: Grant, action: str, t: Target) -> bool:
 def allowed(principal: Principal | None, action: str, target: Target) -> bool:
     if principal is None or action not in (READ, WRITE):
         return False
+    if target.kind == SELF:
+        if target.owner is not None and principal.email == target.owner and principal.via == "session":
+            return True
+        as_user = Target(USER, target.domain, target.department_id)
+        return any(_allows(g, WRITE, as_user) for g in principal.grants)
     return any(_allows(g, action, target) for g in principal.grants)
+
+
+def admin_area(principal: Principal | None) -> bool:
+    """May ``principal`` open the admin pages at all? (Each page still authorises its own action.)"""
+    return principal is not None and bool(principal.grants)
+
+
+def self_target(user) -> Target:  # type: ignore[no-untyped-def]
+    """The SELF target of a ``storage.records.User``."""
+    return Target(SELF, user.domain, user.department_id, owner=user.email)
 
 
 def authorize(principal: Principal | None, action: str, target: Target) -> None:

@@ -90,6 +90,10 @@ async def set_policies(pc: PanelContext, p: Principal, ip: str | None, values: d
         old = policies.load(pc.store)
         new = policies.save(pc.store, clean)
         pc.audit(p, "policies.set", None, ip, {k: v for k, v in new.items() if old.get(k) != v})
+        if old["app_passwords_required_with_totp"] != new["app_passwords_required_with_totp"]:
+            from .ops_self import sync_app_password_requirement
+
+            sync_app_password_requirement(pc.store, new["app_passwords_required_with_totp"])
         return new
 
     return await pc.run(work)

@@ -326,7 +326,7 @@ async def reset_totp(pc: PanelContext, p: Principal, ip: str | None, email: str)
     authorize(p, WRITE, _user_target(u))
 
     def work() -> None:
-        for key in ("totp", "totp_pending", "totp_last"):
+        for key in ("totp", "totp_pending", "totp_last", "totp_recovery", "require_app_password"):
             pc.store.directory.set_user_setting(u.email, key, None)
         pc.web.delete_user_sessions(u.id)
         pc.audit(p, "user.totp.reset", u.email, ip)

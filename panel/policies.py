@@ -17,6 +17,16 @@ and falls back to ``DEFAULTS`` for a missing key:
   limits.outbound_messages_per_hour), ``log_retention_days`` (0 = the
   config's log.retention): read by the MTA and the event log pruning.
 - ``idle_timeout_minutes``: the panel signs out an idle session after this.
+- ``new_login_alerts`` (bool, default true): a sign-in from a new network or
+  client puts a notice in the user's INBOX (``storage.security``).
+- ``app_passwords_required_with_totp`` (bool, default false): a user who
+  turns on two-step verification can then use only app passwords for IMAP,
+  POP3 and SMTP (the user setting ``require_app_password`` that
+  ``storage.auth`` honours; kept in step when this policy changes).
+- ``forwarding_allowed`` (bool, default false): users may set a forwarding
+  address (user setting ``forward_to``).
+- ``profile_edit_name``, ``profile_edit_title``, ``profile_edit_phone``
+  (bool): which profile fields users may change themselves.
 """
 
 from __future__ import annotations
@@ -38,7 +48,14 @@ DEFAULTS: dict[str, Any] = {
     "outbound_per_hour": 0,
     "log_retention_days": 0,
     "idle_timeout_minutes": 30,
+    "new_login_alerts": True,
+    "app_passwords_required_with_totp": False,
+    "forwarding_allowed": False,
+    "profile_edit_name": True,
+    "profile_edit_title": False,
+    "profile_edit_phone": True,
 }
+PROFILE_FIELDS = ("name", "title", "phone")
 
 LIMITS: dict[str, tuple[int, int]] = {
     "password_min_length": (6, 128),

@@ -6,14 +6,14 @@ import asyncio
 import time
 from typing import Any
 
-import pyotp
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from appliance.i18n import normalise_language
+from storage.security import looks_like_recovery_code, recovery_codes_left, use_recovery_code
 
-from . import policies, security
+from . import ops_self, policies, security
 from .authz import Principal
 from .i18n import LANG_COOKIE, _
 from .web import Ctx, Pages, form_str, redirect
@@ -56,25 +56,27 @@ def routes(pages: Pages) -> list[Route]:
         outcome = await pc.run(store.auth.authenticate, email, password, protocol="panel", ip=ctx.ip, client=client)
         error, status = None, 200
         user = outcome.user
+        grants: tuple = ()
         if outcome.ok and user is not None:
             grants = await pc.run(pc.grants_of, user.email)
-            if not grants:
-                await pc.run(store.events.record, "security", action="panel.denied", actor=user.email, subject=user.email,
-                             ip=ctx.ip, result="denied", detail={"reason": "not an admin"})
-                error, status = _("This account is not an administrator of the panel."), 403
-            elif await pc.run(totp_failures, user.email) >= security.MAX_TOTP_FAILURES:
+            if await pc.run(totp_failures, user.email) >= security.MAX_TOTP_FAILURES:
                 error, status = _("Too many wrong codes. Sign-in is locked for a while; try again later."), 429
-        elif outcome.reason in ("locked", "ip_blocked"):
-            error, status = _("Too many failed sign-ins. Sign-in is locked for a while; try again later or ask another admin to unlock the account."), 429
+        elif outcome.reason == "locked":
+            error, status = _("This account is locked after too many failed sign-ins. Try again later, or ask an administrator to unlock it."), 429
+        elif outcome.reason == "ip_blocked":
+            error, status = _("Too many failed sign-ins from your network. Try again later."), 429
+        elif outcome.reason == "disabled":
+            error, status = _("This account is disabled. Ask your administrator."), 403
         else:
             error, status = _("Wrong email or password."), 401
         if error:
             await asyncio.sleep(outcome.delay or store.auth.settings.failure_delay)
             return pages.render(ctx, "login.html", status, email=email, error=error, next=nxt)
         assert user is not None
+        pol = await pc.run(policies.load, store)
         if user.settings.get("totp"):
             stage = "totp"
-        elif (await pc.run(policies.load, store))["admin_totp_required"]:
+        elif pol["admin_totp_required" if grants else "user_totp_required"]:
             stage = "enrol"
         else:
             stage = "ok"
@@ -130,26 +132,25 @@ def routes(pages: Pages) -> list[Route]:
         if ctx.request.method == "GET":
             return pages.render(ctx, "totp.html", error=None)
 
-        def check() -> bool:
-            user = store.directory.get_user(who.email)
-            secret = security.open_secret(store, user)
-            step = security.check_code(secret or "", form_str(ctx, "code"), user.settings.get("totp_last"))
-            if step is None:
-                return False
-            store.directory.set_user_setting(user.email, "totp_last", step)
-            return True
+        code = form_str(ctx, "code")[:64]
 
-        if await pc.run(check):
-            return await _second_factor_passed(ctx, who.email, "totp")
+        def check() -> str | None:
+            if looks_like_recovery_code(code):
+                if not use_recovery_code(store, who.email, code):
+                    return None
+                user = store.directory.get_user(who.email)
+                store.events.record("security", action="totp.recovery_used", actor=who.email, subject=who.email, ip=ctx.ip,
+                                    result="used", detail={"left": recovery_codes_left(user)})
+                return "recovery-code"
+            return "totp" if ops_self.consume_totp_code(pc, who.email, code) else None
+
+        method = await pc.run(check)
+        if method:
+            return await _second_factor_passed(ctx, who.email, method)
         return await _wrong_code(ctx, who, "totp.html")
 
     def _pending_secret(email: str) -> tuple[str, str]:
-        user = store.directory.get_user(email)
-        secret = security.open_secret(store, user, "totp_pending")
-        if not secret:
-            secret = pyotp.random_base32()
-            store.directory.set_user_setting(email, "totp_pending", security.seal_secret(store, user, secret, "totp_pending"))
-        return secret, security.provisioning_uri(secret, email, f"{security.TOTP_ISSUER} ({pc.cfg.instance.name})")
+        return ops_self.pending_secret(pc, email)
 
     @pages.page(auth="pending")
     async def enrol(ctx: Ctx) -> Response:
@@ -162,19 +163,12 @@ def routes(pages: Pages) -> list[Route]:
         if ctx.request.method == "GET":
             return pages.render(ctx, "enrol.html", error=None, **values)
 
-        def confirm() -> bool:
-            user = store.directory.get_user(who.email)
-            step = security.check_code(secret, form_str(ctx, "code"), None)
-            if step is None:
-                return False
-            store.directory.set_user_setting(user.email, "totp", security.seal_secret(store, user, secret))
-            store.directory.set_user_setting(user.email, "totp_pending", None)
-            store.directory.set_user_setting(user.email, "totp_last", step)
-            store.events.admin(user.email, "totp.enrol", user.email, ip=ctx.ip)
-            return True
-
-        if await pc.run(confirm):
-            return await _second_factor_passed(ctx, who.email, "totp-enrol")
+        codes = await pc.run(ops_self.confirm_totp, pc, who.email, form_str(ctx, "code"), ctx.ip)
+        if codes is not None:
+            await _second_factor_passed(ctx, who.email, "totp-enrol")  # a new session token in ctx
+            nxt = _safe_next(ctx.request.query_params.get("next"))
+            page = pages.render(ctx, "recovery.html", codes=codes, next=nxt)
+            return _set_session(ctx, page, ctx.session_token)
         return await _wrong_code(ctx, who, "enrol.html", **values)
 
     @pages.page(auth="pending")
@@ -191,7 +185,7 @@ def routes(pages: Pages) -> list[Route]:
             await pc.run(pc.web.delete_session, ctx.session.id)
         return _set_session(ctx, redirect(ctx, "/login", _("You are signed out.")), None)
 
-    @pages.page()
+    @pages.page(area="self")
     async def account(ctx: Ctx) -> Response:
         p = ctx.principal
         assert p is not None

@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from . import ops_directory as od
 from . import ops_org as oo
+from . import ops_self
 from .authz import SYSTEM, USER, WRITE, Target
 from .context import OpError
 from .i18n import _
@@ -111,6 +112,9 @@ def routes(pages: Pages) -> list[Route]:
                     msg = _("Password changed.")
                     if generated:
                         msg += " " + _("New password: {password} (shown once)").format(password=generated)
+                elif action == "unlock":
+                    await ops_self.unlock(pc, p, ctx.ip, email)
+                    msg = _("Sign-in lockout cleared.")
                 elif action == "reset_totp":
                     await od.reset_totp(pc, p, ctx.ip, email)
                     msg = _("Two-factor sign-in reset; a new code must be set up at the next sign-in.")
@@ -121,8 +125,11 @@ def routes(pages: Pages) -> list[Route]:
             return redirect(ctx, f"/users/{email}", msg or None)
         u, paths = await od.get_user(pc, p, email)
         form = await _user_form(ctx, u.domain)
+        failures = await pc.run(pc.store.auth.failures, u.email)
+        locked = failures >= pc.store.auth.settings.max_failures_per_account
         return pages.render(ctx, "user.html", u=u, dep_path=paths.get(u.department_id, "") if u.department_id else "",
-                            can_write=ctx.can(WRITE, Target(USER, u.domain, u.department_id)), **form)
+                            can_write=ctx.can(WRITE, Target(USER, u.domain, u.department_id)), locked=locked,
+                            failures=failures, **form)
 
     @pages.page()
     async def user_delete(ctx: Ctx) -> Response:

@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from storage.errors import NotFoundError
 
 from . import policies, security
-from .authz import Forbidden, Principal, allowed
+from .authz import Forbidden, Principal, admin_area, allowed
 from .context import OpError, PanelContext
 from .i18n import LANG_COOKIE, _, choose_language, current_language, set_request_language
 
@@ -119,6 +119,7 @@ class Renderer:
         self.env.globals["lang"] = current_language
         self.env.filters["size"] = fmt_size
         self.env.filters["ts"] = fmt_ts
+        self.env.filters["client"] = fmt_client
         self.env.filters["qs"] = lambda d: urlencode({k: v for k, v in d.items() if v not in (None, "")})
 
     def render(self, ctx: Ctx, name: str, status: int = 200, **values: Any) -> HTMLResponse:
@@ -127,7 +128,14 @@ class Renderer:
         tpl = self.env.get_template(name)
         p = ctx.principal
         nav = []
-        if p is not None:
+        path = ctx.request.url.path
+        if p is not None and (not admin_area(p) or path.startswith(("/me", "/account"))):
+            nav = [("/me", _("My account")), ("/me/password", _("Password")), ("/me/security", _("Two-step verification")),
+                   ("/me/app-passwords", _("App passwords")), ("/me/activity", _("Sign-in history")),
+                   ("/me/mail", _("Mail settings")), ("/me/data", _("My data")), ("/account", _("My sessions"))]
+            if admin_area(p):
+                nav.append(("/", _("Admin area")))
+        elif p is not None:
             first = next((g.domain for g in p.grants if g.domain), None)
             nav = [("/", _("Dashboard"))]
             if p.sees_everything or first:
@@ -137,7 +145,7 @@ class Renderer:
                 nav += [("/groups", _("Groups")), ("/aliases", _("Aliases"))]
             if allowed(p, READ, Target(SYSTEM)):
                 nav += [("/admins", _("Admins")), ("/policies", _("Policies"))]
-            nav += [("/logs", _("Logs")), ("/tokens", _("API tokens"))]
+            nav += [("/logs", _("Logs")), ("/tokens", _("API tokens")), ("/me", _("My account"))]
         body = tpl.render(
             ctx=ctx, p=p, csrf=ctx.csrf, flash=ctx.flash, nav=nav, path=ctx.request.url.path,
             instance=ctx.pc.cfg.instance.name, READ=READ, WRITE=WRITE, Target=Target,
@@ -165,6 +173,16 @@ def fmt_size(n: int | None) -> str:
         if n >= div:
             return f"{n / div:.1f} {unit}"
     return f"{n} B"
+
+
+def fmt_client(client: str | None) -> str:
+    """A browser's User-Agent as "Chrome on Linux"; other clients (IMAP ID) as they are."""
+    from storage.security import client_family
+
+    c = (client or "").strip()
+    if c.startswith("Mozilla/"):
+        return client_family(c) or c[:80]
+    return c[:80]
 
 
 def fmt_ts(ts: float | None) -> str:
@@ -216,9 +234,6 @@ class Pages:
                 pc.web.delete_session(s.id)
                 return None, None, None
             grants = pc.grants_of(user.email)
-            if not grants:
-                pc.web.delete_session(s.id)
-                return None, None, None
             if now - s.last_seen > security.TOUCH_EVERY:
                 pc.web.touch_session(s.id)
             return s, Principal(user.email, user.id, grants, session_id=s.id), None
@@ -233,8 +248,13 @@ class Pages:
             else:
                 ctx.extra["pending_user"] = principal
 
-    def page(self, *, auth: str = "ok", max_size: int = 1024 * 1024) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-        """``auth``: "ok" (signed in), "pending" (password passed, second factor due), "none" (anyone)."""
+    def page(self, *, auth: str = "ok", area: str = "admin",
+             max_size: int = 1024 * 1024) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+        """``auth``: "ok" (signed in), "pending" (password passed, second factor due), "none" (anyone).
+
+        ``area``: "admin" pages send a signed-in person without an admin role
+        to "My account" ("/") or answer 403; "self" pages are for everyone.
+        """
 
         def deco(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             @functools.wraps(handler)
@@ -269,11 +289,17 @@ class Pages:
                     return redirect(ctx, "/login" + (("?" + urlencode({"next": nxt})) if nxt else ""), msg, "error")
                 if auth == "pending" and ctx.extra.get("pending_user") is None:
                     return redirect(ctx, "/" if ctx.principal else "/login")
+                if auth == "ok" and area == "admin" and ctx.principal is not None and not admin_area(ctx.principal):
+                    if request.url.path == "/" and request.method == "GET":
+                        return redirect(ctx, "/me")
+                    return self.render(ctx, "error.html", 403, title=_("Not allowed"),
+                                       message=_("This page is for administrators. Your own settings are under My account."))
                 try:
                     return await handler(ctx)
                 except Forbidden:
                     return self.render(ctx, "error.html", 403, title=_("Not allowed"),
-                                       message=_("Your admin role does not cover this page or action."))
+                                       message=_("Your admin role does not cover this page or action.") if area == "admin"
+                                       else _("You may not do this for that account."))
                 except OpError as exc:
                     return self.render(ctx, "error.html", exc.status, title=_("That did not work"), message=str(exc))
 

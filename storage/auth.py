@@ -4,7 +4,10 @@ As in Radicale's ``BaseAuth.login``: normalise the login, check throttling,
 verify, log the attempt. Backends stay small. The caller awaits ``delay``
 before answering a failure (never sleeps on an event loop thread).
 Throttling state is derived from the event log, so it holds across processes
-and an admin can clear it (``unlock``).
+and an admin can clear it (``unlock``). A locked account answers
+``reason="locked"`` (even to the right password) until the window passes or
+an admin unlocks it. A success goes through ``security.note_login`` (the
+new-place alert) before it is logged.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 
 from . import models as m
+from . import security
 from .addresses import normalise_address
 from .errors import InvalidInputError
 from .passwords import app_password_digest, looks_like_app_password
@@ -64,9 +68,12 @@ class Authenticator:
             last = c.execute(q).scalar()
         return max(window_start, last or 0.0)
 
+    def failures(self, login: str) -> int:
+        """Failed logins of ``login`` in the current throttle window (since the last success or unlock)."""
+        return self._s.events.count(kind="login", subject=login, result="fail", since=self._since(subject=login))
+
     def account_locked(self, login: str) -> bool:
-        n = self._s.events.count(kind="login", subject=login, result="fail", since=self._since(subject=login))
-        return n >= self.settings.max_failures_per_account
+        return self.failures(login) >= self.settings.max_failures_per_account
 
     def ip_blocked(self, ip: str | None) -> bool:
         if not ip:
@@ -110,6 +117,7 @@ class Authenticator:
             self._s.events.login(name, protocol=protocol, ip=ip, client=client, result="fail")
             return AuthOutcome(False, None, "bad_credentials", self.settings.failure_delay)
         detail = {"app_password": app_name} if app_name else None
+        security.note_login(self._s, user, protocol=protocol, ip=ip, client=client)
         self._s.events.login(name, protocol=protocol, ip=ip, client=client, result="ok", detail=detail)
         return AuthOutcome(True, user, "ok", 0.0, app_name)
 

@@ -355,6 +355,7 @@ class BlobStore:
         self.keyring = keyring
         self.fsync = fsync
         self.chunk_size_exp = chunk_size_exp
+        self._dirs: dict[str, str] = {}  # account uuid -> its directory, for open()
 
     # -- paths ---------------------------------------------------------------
 
@@ -449,6 +450,23 @@ class BlobStore:
 
     def open(self, account_uuid: str, blob_id: str) -> BlobReader:
         """Open a message for reading; falls back to tmp/ while another process is publishing it."""
+        # fast path (IMAP reads many small files): plain strings, no pathlib on a hit
+        root = self._dirs.get(account_uuid)
+        if root is None:
+            root = self._dirs[account_uuid] = str(self.account_dir(account_uuid))
+        _check_blob_id(blob_id)
+        fast = f"{root}/cur/{blob_id[:2]}/{blob_id}"
+        try:
+            f = open(fast, "rb", buffering=0)  # closed by BlobReader
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                data_key = self.keyring.get(account_uuid)
+            except BaseException:
+                f.close()
+                raise
+            return BlobReader(Path(fast), f, account_uuid, blob_id, data_key)
         final = self.path(account_uuid, blob_id)
         tmp = self.tmp_path(account_uuid, blob_id)
         for candidate in (final, tmp, final):  # final again: the rename may land between tries

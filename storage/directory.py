@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid as uuidlib
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 USER_STATES = ("active", "disabled")
 POST_POLICIES = ("members", "domain", "anyone")
 ADMIN_ROLES = ("super", "domain", "department", "auditor")
+T = TypeVar("T")
 
 
 def _user(row) -> User:  # type: ignore[no-untyped-def]
@@ -256,6 +257,26 @@ class Directory:
         with self._s.write() as c:
             c.execute(update(m.users).where(m.users.c.id == user.id).values(settings=json.dumps(settings)))
         return self.get_user(email)
+
+    def update_user_settings(self, email: str, change: Callable[[dict], T]) -> T:
+        """Read, change and write a user's settings in one write transaction.
+
+        ``change`` edits the dict in place and returns any value, which is
+        passed back. Two concurrent callers never lose each other's change
+        (for consume-once values such as recovery codes).
+        """
+        email = normalise_address(email)
+        with self._s.write() as c:
+            row = c.execute(select(m.users.c.id, m.users.c.settings).where(m.users.c.email == email).with_for_update()).first()
+            if row is None:
+                raise NotFoundError("no such user: {email}", email=email)
+            settings = json.loads(row.settings or "{}")
+            before = json.dumps(settings, sort_keys=True)
+            result = change(settings)
+            after = json.dumps(settings, sort_keys=True)
+            if after != before:
+                c.execute(update(m.users).where(m.users.c.id == row.id).values(settings=after))
+        return result
 
     def set_password_hash(self, email: str, password_hash: str) -> None:
         user = self.get_user(email)

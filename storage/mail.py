@@ -269,6 +269,32 @@ class MailStore:
                 self._meta_cache.popitem(last=False)
         return meta
 
+    def metas(self, user: User, msgs: Sequence[MessageInfo]) -> dict[int, dict]:
+        """message id -> meta() for many messages: one query per 500 files, not one per message.
+
+        For bulk FETCH ENVELOPE/BODYSTRUCTURE; does not fill meta()'s cache.
+        """
+        out: dict[int, dict] = {}
+        need: dict[str, list[int]] = {}
+        with self._cache_lock:
+            for msg in msgs:
+                hit = self._meta_cache.get((msg.id, msg.blob_id))
+                if hit is not None:
+                    out[msg.id] = hit
+                else:
+                    need.setdefault(msg.blob_id, []).append(msg.id)
+        blob_ids = list(need)
+        opener, loads = self._s.keyring.open, json.loads
+        with self._s.read() as c:
+            for k in range(0, len(blob_ids), 500):
+                part = blob_ids[k : k + 500]
+                rows = fetch_raw(c, "SELECT blob_id, meta FROM blobs WHERE blob_id IN (" + ",".join("?" * len(part)) + ")", tuple(part))
+                for blob_id, sealed in rows:
+                    meta = loads(opener(user.uuid, bytes(sealed), b"meta|" + blob_id.encode()))
+                    for mid in need[blob_id]:
+                        out[mid] = meta
+        return out
+
     def summaries(self, user: User, mailbox_id: int, uids: Sequence[int] | None = None) -> dict[int, dict]:
         """uid -> decoded search summary (subject, from, to, cc, bcc, sent date, message-id)."""
         keep = set(uids) if uids is not None else None
@@ -323,8 +349,13 @@ class MailStore:
         mode: str = "set",
         *,
         unchanged_since: int | None = None,
+        durable: bool = True,
     ) -> tuple[list[tuple[int, frozenset[str], int]], list[int]]:
-        """Change flags; returns ([(uid, new flags, modseq)] of changed, [uids failing UNCHANGEDSINCE])."""
+        """Change flags; returns ([(uid, new flags, modseq)] of changed, [uids failing UNCHANGEDSINCE]).
+
+        ``durable=False`` (IMAP flag changes, as Dovecot does) commits without
+        waiting for the disk; a later durable commit carries it to the disk.
+        """
         if mode not in ("set", "add", "remove"):
             raise InvalidInputError("mode must be set, add or remove")
         try:
@@ -336,36 +367,58 @@ class MailStore:
         failed: list[int] = []
         if not wanted:
             return changed, failed
-        with self._s.write() as c:
-            rows = c.execute(
-                select(m.messages.c.id, m.messages.c.uid, m.messages.c.flags, m.messages.c.keywords, m.messages.c.modseq)
-                .where(m.messages.c.mailbox_id == mailbox_id, m.messages.c.uid.between(wanted[0], wanted[-1]))
-            ).all()
-            keep = set(wanted)
+        keep = set(wanted)
+        kw_set = set(keywords)
+        updates: list[tuple] = []
+        with self._s.write(durable=durable) as c:
+            # raw statements: STORE and FETCH's implicit \Seen are hot paths of every IMAP client
+            if len(wanted) <= 500:
+                rows = fetch_raw(
+                    c,
+                    "SELECT id, uid, flags, keywords, modseq FROM messages WHERE mailbox_id = ? AND uid IN ("
+                    + ",".join("?" * len(wanted)) + ")",
+                    (mailbox_id, *wanted),
+                )
+            else:
+                rows = fetch_raw(
+                    c,
+                    "SELECT id, uid, flags, keywords, modseq FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?",
+                    (mailbox_id, wanted[0], wanted[-1]),
+                )
+            rows.sort(key=lambda r: r[1])
             modseq = None
-            for r in rows:
-                if r.uid not in keep:
+            for rid, ruid, rflags, rkeywords, rmodseq in rows:
+                if ruid not in keep:
                     continue
-                if unchanged_since is not None and r.modseq > unchanged_since:
-                    failed.append(r.uid)
+                if unchanged_since is not None and rmodseq > unchanged_since:
+                    failed.append(ruid)
                     continue
-                old_kw = set(r.keywords.split(" ")) if r.keywords else set()
+                old_kw = set(rkeywords.split(" ")) if rkeywords else set()
                 if mode == "set":
-                    new_mask, new_kw = mask, set(keywords)
+                    new_mask, new_kw = mask, kw_set
                 elif mode == "add":
-                    new_mask, new_kw = r.flags | mask, old_kw | set(keywords)
+                    new_mask, new_kw = rflags | mask, old_kw | kw_set
                 else:
-                    new_mask, new_kw = r.flags & ~mask, old_kw - set(keywords)
-                if new_mask == r.flags and new_kw == old_kw:
+                    new_mask, new_kw = rflags & ~mask, old_kw - kw_set
+                if new_mask == rflags and new_kw == old_kw:
                     continue
                 if modseq is None:
-                    modseq = self._bump_modseq(c, mailbox_id)
-                c.execute(
-                    update(m.messages)
-                    .where(m.messages.c.id == r.id)
-                    .values(flags=new_mask, keywords=keywords_text(new_kw), modseq=modseq)
-                )
-                changed.append((r.uid, join_flags(new_mask, keywords_text(new_kw)), modseq))
+                    modseq = fetch_raw(
+                        c, "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? RETURNING highestmodseq",
+                        (mailbox_id,),
+                    )[0][0]
+                kw_text = keywords_text(new_kw)
+                updates.append((new_mask, kw_text, modseq, rid))
+                changed.append((ruid, join_flags(new_mask, kw_text), modseq))
+            if updates:
+                sql = "UPDATE messages SET flags = ?, keywords = ?, modseq = ? WHERE id = ?"
+                if c.dialect.paramstyle != "qmark":
+                    sql = sql.replace("?", "%s")
+                cur = c.connection.cursor()
+                try:
+                    cur.executemany(sql, updates)
+                finally:
+                    cur.close()
         if changed:
             self._s.notify(mailbox_id)
         return changed, failed
@@ -496,30 +549,35 @@ class MailStore:
     def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageInfo], list[int]]:
         """(messages changed after modseq, UIDs expunged after it): for CONDSTORE/QRESYNC and IDLE."""
         with self._s.read() as c:
-            changed = [
-                _info(r)
-                for r in c.execute(
-                    select(*_INFO_COLS).where(m.messages.c.mailbox_id == mailbox_id, m.messages.c.modseq > modseq).order_by(m.messages.c.uid)
+            rows = fetch_raw(
+                c,
+                "SELECT id, mailbox_id, uid, blob_id, size, internal_date, flags, keywords, modseq"
+                " FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                (mailbox_id, modseq),
+            )
+            vanished = [
+                r[0]
+                for r in fetch_raw(
+                    c, "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, modseq)
                 )
             ]
-            vanished = list(
-                c.execute(
-                    select(m.expunged.c.uid).where(m.expunged.c.mailbox_id == mailbox_id, m.expunged.c.modseq > modseq).order_by(m.expunged.c.uid)
-                ).scalars()
-            )
+        changed = [MessageInfo(r[0], r[1], r[2], r[3], r[4], r[5], join_flags(r[6], r[7]), r[8]) for r in rows]
         return changed, vanished
 
     def versions(self, mailbox_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
         """mailbox id -> (highestmodseq, uidnext): what a change watcher polls."""
         if not mailbox_ids:
             return {}
+        ids = list(mailbox_ids)
+        out: dict[int, tuple[int, int]] = {}
         with self._s.read() as c:
-            return {
-                r.id: (r.highestmodseq, r.uidnext)
-                for r in c.execute(
-                    select(m.mailboxes.c.id, m.mailboxes.c.highestmodseq, m.mailboxes.c.uidnext).where(m.mailboxes.c.id.in_(list(mailbox_ids)))
-                )
-            }
+            for k in range(0, len(ids), 500):
+                part = ids[k : k + 500]
+                for r in fetch_raw(
+                    c, "SELECT id, highestmodseq, uidnext FROM mailboxes WHERE id IN (" + ",".join("?" * len(part)) + ")", tuple(part)
+                ):
+                    out[r[0]] = (r[1], r[2])
+        return out
 
     def usage(self, user_id: int) -> tuple[int, int]:
         with self._s.read() as c:

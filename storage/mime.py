@@ -81,6 +81,12 @@ def decode_words(value: str | None) -> str:
         return value
 
 
+def _lines(raw: bytes, start: int, end: int) -> int:
+    """Lines of a body part, counting a last line that has no line end (IMAP's body-fld-lines)."""
+    n = raw.count(b"\n", start, end)
+    return n + 1 if end > start and raw[end - 1:end] != b"\n" else n
+
+
 class _Scanner:
     def __init__(self, raw: bytes, max_depth: int, max_parts: int) -> None:
         self.raw = raw
@@ -125,11 +131,11 @@ class _Scanner:
         elif maintype == "message" and subtype in ("rfc822", "global") and not too_deep:
             inner = self.part(body, end, depth + 1)
             node["msg"] = {"env": envelope(parse_headers(self.raw[body:inner["h"][1]])), "part": inner}
-            node["lines"] = self.raw.count(b"\n", body, end)
+            node["lines"] = _lines(self.raw, body, end)
         elif maintype == "multipart":
             node["type"], node["sub"] = "application", "octet-stream"
         if maintype == "text":
-            node["lines"] = self.raw.count(b"\n", body, end)
+            node["lines"] = _lines(self.raw, body, end)
         return node
 
     def _empty(self, at: int) -> dict:

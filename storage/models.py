@@ -256,3 +256,17 @@ api_tokens = Table(
     Column("last_ip", String(64), nullable=True),
     UniqueConstraint("user_id", "name", name="uq_api_tokens_user_name"),
 )
+
+# Vacation auto-replies already sent: one row per (user, sender), so a sender
+# gets one reply per period at most (RFC 3834 section 2). Rows older than the
+# longest period are pruned with the event log.
+vacation_replies = Table(
+    "vacation_replies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("sender", String(320), nullable=False),
+    Column("sent", Float, nullable=False),
+    UniqueConstraint("user_id", "sender", name="uq_vacation_replies_user_sender"),
+    Index("ix_vacation_replies_sent", "sent"),
+)

@@ -112,9 +112,22 @@ class Store:
             yield c
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(immediate=True) as c, c.begin():
-            yield c
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction. ``durable=False`` on SQLite commits without an fsync
+        (synchronous=NORMAL for this one transaction): for changes whose loss in a
+        power cut is harmless (IMAP flags); the next durable commit syncs them too."""
+        if durable or self.engine.dialect.name != "sqlite" or not self.blobs.fsync:
+            with self.engine.connect().execution_options(immediate=True) as c, c.begin():
+                yield c
+            return
+        with self.engine.connect().execution_options(immediate=True) as c:
+            raw = c.connection.dbapi_connection
+            raw.execute("PRAGMA synchronous=NORMAL")  # autocommit mode: outside any transaction
+            try:
+                with c.begin():
+                    yield c
+            finally:
+                raw.execute("PRAGMA synchronous=FULL")
 
     # ---------------------------------------------------------- accounts
     def create_user(self, email: str, *, password: str | None = None, **fields: object) -> User:

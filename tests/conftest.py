@@ -82,7 +82,8 @@ def create_test_instance(path: Path, *, domain: str = "example.test", overrides:
     listeners = {
         name: {"protocol": proto, "bind": f"127.0.0.1:{ports[name]}", "tls": tls} for name, (proto, tls) in PROTOCOLS.items()
     }
-    opts = {"listeners": listeners, **FAST_AUTH, "antispam.enabled": False}
+    # queue.hold: test instances never send mail out (tests of delivery set it false, with a fake DNS)
+    opts = {"listeners": listeners, **FAST_AUTH, "antispam.enabled": False, "queue.hold": True}
     opts.update(overrides or {})
     new = create_instance(path, domain=domain, dev=True, demo_accounts=demo, config_overrides=opts)
     return Instance(new.path, new.config_path, domain, ports, dict(new.accounts))

@@ -137,6 +137,9 @@ def sign_in(page, base: str, email: str, password: str, *, enrol: bool = False, 
         page.wait_for_url(re.compile(r"/login/totp"))
         page.fill("#code", code_for(email))
     page.click("button[type=submit]")
+    if enrol:  # the recovery codes, shown once
+        assert page.locator("#recovery-codes li").count() == 10
+        page.click("#continue")
     page.wait_for_url(re.compile(r"/(\?.*)?$"))
 
 
@@ -197,12 +200,18 @@ def test_lockout_after_failed_signins(browser, base, inst) -> None:  # type: ign
         page.context.close()
 
 
-def test_non_admin_refused(base, inst) -> None:  # type: ignore[no-untyped-def]
+def test_non_admin_gets_my_account_only(base, inst) -> None:  # type: ignore[no-untyped-def]
     with httpx.Client(base_url=base) as c:
         r = c.get("/login")
         token = re.search(r'name="csrf" value="([0-9a-f]+)"', r.text).group(1)  # type: ignore[union-attr]
         r = c.post("/login", data={"csrf": token, "email": "alice@example.test", "password": inst.accounts["alice@example.test"]})
-        assert r.status_code == 403 and "not an administrator" in r.text
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        r = c.get("/")
+        assert r.status_code == 303 and r.headers["location"] == "/me"
+        r = c.get("/me")
+        assert r.status_code == 200 and "alice@example.test" in r.text and 'href="/users"' not in r.text
+        for path in ("/users", "/domains", "/policies", "/logs", "/tokens", "/users/bob@example.test/export.zip"):
+            assert c.get(path).status_code == 403, path
 
 
 def test_csrf_rejected(admin, base) -> None:  # type: ignore[no-untyped-def]

@@ -211,7 +211,8 @@ async def _sign_in(inst, client) -> str:  # type: ignore[no-untyped-def]
     qr = await client.get("/login/enrol/qr.svg")
     assert qr.headers["content-type"].startswith("image/svg+xml") and b"<svg" in qr.content
     r = await client.post("/login/enrol", data={"csrf": _csrf(r.text), "code": pyotp.TOTP(secret).now()})
-    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert r.status_code == 200 and 'id="recovery-codes"' in r.text  # recovery codes, shown once
+    assert any(h.startswith("panel_session=") for h in r.headers.get_list("set-cookie"))
     return secret
 
 

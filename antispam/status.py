@@ -1,0 +1,42 @@
+"""One line for ``appliance status``: is spam filtering on, installed, answering?"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+from appliance.i18n import _
+
+
+def _ping(url: str, timeout: float = 1.0) -> bool:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(f"GET /ping HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+    except OSError:
+        return False
+    return data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n", 1)[0] and data.rstrip().endswith(b"pong")
+
+
+def describe(cfg: Any) -> dict[str, str]:
+    """``{"state": "up" | "down" | "off" | "unavailable", "detail": ...}`` (translated detail)."""
+    from .daemons import missing_programs
+
+    a = cfg.antispam
+    if not a.enabled:
+        return {"state": "off", "detail": _("antispam.enabled = false")}
+    if a.managed:
+        missing = missing_programs()
+        if missing:
+            return {"state": "unavailable", "detail": _("not installed: {packages} (apt install {packages}); mail is accepted unchecked").format(
+                packages=" ".join(missing))}
+    if _ping(a.url):
+        return {"state": "up", "detail": _("rspamd answers at {url}").format(url=a.url)}
+    return {"state": "down", "detail": _("rspamd does not answer at {url}; mail follows antispam.on_failure = {policy}").format(
+        url=a.url, policy=a.on_failure)}

@@ -1,0 +1,270 @@
+"""ENVELOPE and BODYSTRUCTURE from the structure cached in the index (``storage.mime``).
+
+Nothing here reads a message: the scan done at ingest holds the envelope
+header values, every part's content type and parameters, byte offsets and
+line counts. Rendering is linear in the size of that structure and bounded
+in depth.
+"""
+
+from __future__ import annotations
+
+from .wire import quote
+
+MAX_RENDER_DEPTH = 100
+MAX_ADDRESSES = 1000
+_STD_ENCODINGS = {"7bit", "8bit", "binary", "base64", "quoted-printable"}
+
+# ------------------------------------------------------------------ addresses
+
+_SPECIALS = set('()<>@,;:\\".[]')
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    """RFC 5322 lexical tokens: ("q", quoted), ("a", atom), ("s", special); comments dropped."""
+    out: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\r\n":
+            i += 1
+        elif c == '"':
+            j = i + 1
+            buf = []
+            while j < n and text[j] != '"':
+                if text[j] == "\\" and j + 1 < n:
+                    j += 1
+                buf.append(text[j])
+                j += 1
+            out.append(("q", "".join(buf)))
+            i = j + 1
+        elif c == "(":
+            depth = 0
+            while i < n:
+                if text[i] == "\\":
+                    i += 2
+                    continue
+                if text[i] == "(":
+                    depth += 1
+                elif text[i] == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                i += 1
+            i += 1
+        elif c in _SPECIALS:
+            out.append(("s", c))
+            i += 1
+        else:
+            j = i
+            while j < n and text[j] not in _SPECIALS and text[j] not in " \t\r\n":
+                j += 1
+            out.append(("a", text[i:j]))
+            i = j
+    return out
+
+
+def _phrase(tokens: list[tuple[str, str]]) -> str | None:
+    words = []
+    for kind, v in tokens:
+        if kind == "s" and v == ".":
+            if words:
+                words[-1] += "."
+            continue
+        words.append(v)
+    return " ".join(words) if words else None
+
+
+def _addr_spec(tokens: list[tuple[str, str]]) -> tuple[str | None, str | None, str | None]:
+    """(adl, mailbox, host) from the tokens of an addr-spec, possibly with a route."""
+    adl = None
+    if tokens and tokens[0] == ("s", "@"):
+        # obsolete route: @a,@b:local@domain
+        for k, t in enumerate(tokens):
+            if t == ("s", ":"):
+                adl = "".join(v for _, v in tokens[:k])
+                tokens = tokens[k + 1 :]
+                break
+    at = None
+    for k in range(len(tokens) - 1, -1, -1):
+        if tokens[k] == ("s", "@"):
+            at = k
+            break
+    def join(ts: list[tuple[str, str]]) -> str:
+        return "".join(v if kind != "q" else v for kind, v in ts)
+
+    if at is None:
+        local = join(tokens)
+        return adl, local or None, "MISSING_DOMAIN" if local else None
+    return adl, join(tokens[:at]) or None, join(tokens[at + 1 :]) or "MISSING_DOMAIN"
+
+
+def parse_addresses(value: str | None) -> list[tuple[str | None, str | None, str | None, str | None]]:
+    """(name, adl, mailbox, host) per address; groups as RFC 3501 start/end markers."""
+    if not value:
+        return []
+    out: list[tuple[str | None, str | None, str | None, str | None]] = []
+    toks = _tokens(value)
+    phrase: list[tuple[str, str]] = []
+    angle: list[tuple[str, str]] | None = None
+    in_angle = False
+    in_group = False
+
+    def finish() -> None:
+        nonlocal phrase, angle
+        if angle is not None:
+            adl, mbox, host = _addr_spec(angle)
+            if mbox or host:
+                out.append((_phrase(phrase), adl, mbox, host))
+        elif phrase:
+            adl, mbox, host = _addr_spec(phrase)
+            if mbox or host:
+                out.append((None, adl, mbox, host))
+        phrase, angle = [], None
+
+    for tok in toks:
+        if len(out) >= MAX_ADDRESSES:
+            break
+        if in_angle:
+            if tok == ("s", ">"):
+                in_angle = False
+            else:
+                assert angle is not None
+                angle.append(tok)
+            continue
+        if tok == ("s", "<"):
+            in_angle = True
+            angle = []
+        elif tok == ("s", ","):
+            finish()
+        elif tok == ("s", ":") and not in_group and angle is None and "@" not in [v for _, v in phrase]:
+            out.append((None, None, _phrase(phrase) or "", None))
+            phrase = []
+            in_group = True
+        elif tok == ("s", ";") and in_group:
+            finish()
+            out.append((None, None, None, None))
+            in_group = False
+        else:
+            phrase.append(tok)
+    finish()
+    if in_group:
+        out.append((None, None, None, None))
+    return out
+
+
+def _address_list(value: str | None) -> bytes:
+    addrs = parse_addresses(value)
+    if not addrs:
+        return b"NIL"
+    return b"(" + b"".join(
+        b"(" + b" ".join(quote(x) for x in a) + b")" for a in addrs
+    ) + b")"
+
+
+def envelope(env: dict) -> bytes:
+    g = env.get
+    frm = _address_list(g("from"))
+    sender = _address_list(g("sender"))
+    reply_to = _address_list(g("reply-to"))
+    return b"(" + b" ".join((
+        quote(g("date")),
+        quote(g("subject")),
+        frm,
+        frm if sender == b"NIL" else sender,
+        frm if reply_to == b"NIL" else reply_to,
+        _address_list(g("to")),
+        _address_list(g("cc")),
+        _address_list(g("bcc")),
+        quote(g("in-reply-to")),
+        quote(g("message-id")),
+    )) + b")"
+
+
+# ------------------------------------------------------------- body structure
+
+
+def _params(params: dict | None) -> bytes:
+    if not params:
+        return b"NIL"
+    return b"(" + b" ".join(quote(k.upper()) + b" " + quote(v) for k, v in params.items()) + b")"
+
+
+def _disposition(disp: list | None) -> bytes:
+    if not disp:
+        return b"NIL"
+    kind, params = disp[0], disp[1] if len(disp) > 1 else None
+    return b"(" + quote(kind.upper() if kind else kind) + b" " + _params(params) + b")"
+
+
+def _lang(lang: str | None) -> bytes:
+    if not lang:
+        return b"NIL"
+    items = [x.strip() for x in lang.split(",") if x.strip()]
+    if len(items) == 1:
+        return quote(items[0])
+    return b"(" + b" ".join(quote(x) for x in items) + b")"
+
+
+def _encoding(enc: str) -> bytes:
+    return quote(enc.upper() if enc in _STD_ENCODINGS else enc)
+
+
+def body_structure(node: dict, extended: bool = True, depth: int = 0) -> bytes:
+    """BODYSTRUCTURE (``extended``) or BODY of one part tree."""
+    if depth > MAX_RENDER_DEPTH:
+        size = max(0, node["e"] - node["h"][1])
+        return b'("application" "octet-stream" NIL NIL NIL "7BIT" %d)' % size
+    if "parts" in node:
+        inner = b"".join(body_structure(p, extended, depth + 1) for p in node["parts"])
+        out = inner + b" " + quote(node["sub"])
+        if extended:
+            out += b" " + b" ".join((_params(node.get("params")), _disposition(node.get("disp")),
+                                    _lang(node.get("lang")), quote(node.get("loc"))))
+        return b"(" + out + b")"
+    size = max(0, node["e"] - node["h"][1])
+    fields = [
+        quote(node["type"]),
+        quote(node["sub"]),
+        _params(node.get("params")),
+        quote(node.get("id")),
+        quote(node.get("desc")),
+        _encoding(node.get("enc") or "7bit"),
+        b"%d" % size,
+    ]
+    if "msg" in node:
+        fields.append(envelope(node["msg"]["env"]))
+        fields.append(body_structure(node["msg"]["part"], extended, depth + 1))
+        fields.append(b"%d" % node.get("lines", 0))
+    elif node["type"] == "text":
+        fields.append(b"%d" % node.get("lines", 0))
+    if extended:
+        fields += [quote(node.get("md5")), _disposition(node.get("disp")), _lang(node.get("lang")), quote(node.get("loc"))]
+    return b"(" + b" ".join(fields) + b")"
+
+
+# ------------------------------------------------------------------ sections
+
+
+class SectionError(ValueError):
+    pass
+
+
+def find_part(struct: dict, path: list[int]) -> dict:
+    """The node of part ``1.2.3`` (RFC 3501 6.4.5 numbering); SectionError if absent.
+
+    A non-multipart message is its own part 1; the parts of a message/rfc822
+    part are those of the message it encapsulates.
+    """
+    node = struct
+    for k, n in enumerate(path):
+        is_root = k == 0
+        if k > 0 and "msg" in node:
+            node = node["msg"]["part"]
+            is_root = True
+        if "parts" in node:
+            if not 1 <= n <= len(node["parts"]):
+                raise SectionError("no such part")
+            node = node["parts"][n - 1]
+        elif not (is_root and n == 1):
+            raise SectionError("no such part")
+    return node

@@ -1,0 +1,252 @@
+"""The MTA service: aiosmtpd servers on the shared event loop.
+
+``start(ctx)`` opens one server per listener whose protocol is "smtp" (MX:
+port 25, STARTTLS offered, never AUTH) or "submission" (587 with
+tls="starttls": STARTTLS required before AUTH and MAIL; 465 with
+tls="implicit": TLS from the first byte, AUTH offered there). They are
+plain ``loop.create_server`` servers with aiosmtpd's protocol, on the running
+loop (not aiosmtpd's threaded Controller).
+
+``stop()`` stops accepting, tells idle sessions 421 and closes them, lets
+sessions in the middle of a command (a DATA being stored) finish, for at most
+``drain_timeout`` seconds, then aborts what is left.
+
+The delivery worker for the outbound queue (mta/outbound.py) runs beside the
+listeners unless ``queue.hold`` is set; ``ctx.running["mta"].outbound`` is it
+(None when held), ``.queue`` the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from appliance.config import ConfigError
+
+from .connector import Connector, Pool
+from .delivery import Deliverer, DeliveryLog
+from .dkimsign import SigningPool
+from .handler import Handler, OutboundGuard, Shared
+from .mailauth import MailAuth, configure_dns
+from .mtasts import MtaSts, https_fetch
+from .mx import MxResolver
+from .outbound import Outbound, OutboundSettings
+from .policy import Policy
+from .protocol import Connections, Limits, MtaSMTP
+from .queue import OutboundQueue
+
+log = logging.getLogger("mta")
+
+PROTOCOLS = {"smtp": "mx", "submission": "submission"}
+
+
+def _quiet_aiosmtpd() -> None:
+    """aiosmtpd logs every command at INFO and a deprecation per AUTH; keep only errors.
+
+    Its ``sanitized_log`` also runs a regex over every command line before
+    the logger drops the record; skip that while the logger is quiet.
+    """
+    import aiosmtpd.smtp
+
+    aiosmtpd_log = logging.getLogger("mail.log")
+    aiosmtpd_log.setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS", category=UserWarning)
+    original = getattr(aiosmtpd.smtp.sanitized_log, "__wrapped__", aiosmtpd.smtp.sanitized_log)
+
+    @functools.wraps(original)
+    def sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if aiosmtpd_log.isEnabledFor(logging.INFO):
+            original(func, msg, *args, **kwargs)
+
+    aiosmtpd.smtp.sanitized_log = sanitized_log
+
+
+class MtaService:
+    name = "mta"
+
+    def __init__(self, servers: list[asyncio.AbstractServer], endpoints: list[str], connections: Connections,
+                 shared: Shared, *, drain_timeout: float = 20.0, outbound: Outbound | None = None) -> None:
+        self.servers = servers
+        self.endpoints = endpoints
+        self.connections = connections
+        self.shared = shared
+        self.drain_timeout = drain_timeout
+        self.outbound = outbound
+
+    @property
+    def queue(self) -> OutboundQueue:
+        return self.shared.deliverer.queue
+
+    async def stop(self) -> None:
+        for srv in self.servers:
+            srv.close()
+        for session in list(self.connections.sessions):
+            session.shutdown()
+        stopping = asyncio.ensure_future(self.outbound.stop(timeout=5.0)) if self.outbound is not None else None
+        if self.connections.sessions:
+            try:
+                await asyncio.wait_for(self.connections.closed.wait(), self.drain_timeout)
+            except TimeoutError:
+                log.warning("%d SMTP sessions still open after %ss; aborting them", len(self.connections.sessions), self.drain_timeout)
+                for session in list(self.connections.sessions):
+                    session.abort()
+        if stopping is not None:
+            try:
+                await stopping
+            except Exception:  # noqa: BLE001 - keep stopping
+                log.exception("stopping the delivery worker")
+        for srv in self.servers:
+            await srv.wait_closed()
+        await asyncio.get_running_loop().run_in_executor(self.shared.executor, self.shared.events.close)
+
+
+def _shared(ctx: Any) -> Shared:
+    cfg, store = ctx.cfg, ctx.store
+    configure_dns(cfg.dns.resolvers, port=getattr(cfg.dns, "port", 53), timeout=float(cfg.dns.timeout))
+    queue = OutboundQueue(store, Path(cfg.instance.data_dir) / "queue", fsync=cfg.storage.fsync)
+    removed = queue.recover()
+    if removed:
+        log.info("outbound queue: removed %d unfinished files", removed)
+    events = DeliveryLog(store)
+    return Shared(
+        store=store,
+        executor=ctx.executor,
+        hostname=cfg.instance.hostname,
+        max_recipients=cfg.smtp.max_recipients,
+        reject_dmarc=cfg.smtp.reject_dmarc,
+        policy=Policy(store, ttl=float(cfg.smtp.directory_cache_ttl)),
+        mailauth=MailAuth(cfg.instance.hostname),
+        deliverer=Deliverer(store, queue, events),
+        events=events,
+        scanner=_scanner(ctx),
+        outbound=_outbound(ctx),
+    )
+
+
+def _scanner(ctx: Any) -> Any:
+    """The antispam scanner for port 25 (antispam/__init__.py documents the API), or None."""
+    if not ctx.cfg.antispam.enabled:
+        return None
+    try:
+        from antispam import get_scanner
+
+        return get_scanner(ctx)
+    except Exception:  # noqa: BLE001 - no spam filter is better than no mail
+        log.exception("antispam scanner unavailable; port 25 mail is not scanned")
+        return None
+
+
+def _outbound(ctx: Any) -> Any:
+    try:
+        return OutboundGuard(ctx.store, ctx.cfg.limits)
+    except Exception:  # noqa: BLE001
+        log.exception("outbound limits unavailable")
+        return None
+
+
+def _outbound_worker(ctx: Any, shared: Shared) -> Outbound:
+    """The delivery worker (blocking setup: reads the smarthost password file)."""
+    cfg = ctx.cfg
+    queue = shared.deliverer.queue
+    settings = OutboundSettings.from_config(cfg)
+    resolver = MxResolver(cfg.dns.resolvers, port=getattr(cfg.dns, "port", 53), timeout=float(cfg.dns.timeout))
+    sts = None
+    if cfg.queue.mta_sts and settings.connect.smarthost is None:
+        fetch = functools.partial(https_fetch, resolver=resolver, ca_file=settings.connect.ca_file)
+        sts = MtaSts(resolver, fetch, cache_file=queue.root / "mta-sts.json")
+    pool = Pool(Connector(settings.connect, resolver, sts), max_per_domain=settings.max_per_domain,
+                max_connections=settings.max_connections, down_time=min(60.0, settings.retry_base))
+    guard = shared.outbound
+
+    def is_frozen(email: str) -> bool:
+        return guard is not None and guard.frozen_reply(email) is not None
+
+    def record_failures(email: str, count: int) -> None:
+        from antispam import outbound as antispam_outbound
+
+        antispam_outbound.record_failure(ctx.store, email, count, limits=cfg.limits)
+
+    signer = None
+    if cfg.dkim.enabled:
+        processes = cfg.dkim.sign_processes or max(1, min(4, (os.cpu_count() or 2) - 1))
+        signer = SigningPool(cfg.storage.keys_dir, processes)
+    return Outbound(queue, ctx.store, settings, pool, executor=ctx.executor, events=shared.events, signer=signer,
+                    is_frozen=is_frozen, record_failures=record_failures)
+
+
+def _factory(ctx: Any, shared: Shared, connections: Connections, limits: Limits, listener: Any) -> Any:
+    kind = PROTOCOLS[listener.protocol]
+    handler = Handler(shared, kind=kind, listener=listener.name)
+    implicit = listener.tls == "implicit"
+    starttls = listener.tls == "starttls"
+    if kind == "submission" and listener.tls == "none" and ctx.cfg.smtp.require_tls_for_auth:
+        raise ConfigError(
+            f"{ctx.cfg.path}: listeners.{listener.name}.tls: submission without TLS would send passwords in clear; "
+            "use starttls or implicit (or set smtp.require_tls_for_auth = false for a test instance)",
+            key=f"listeners.{listener.name}.tls",
+        )
+    options: dict[str, Any] = {
+        "hostname": ctx.cfg.instance.hostname,
+        "ident": "ESMTP ready",
+        "enable_SMTPUTF8": True,
+        "decode_data": False,
+        "tls_context": ctx.ssl_context if starttls else None,
+        "require_starttls": starttls and kind == "submission",
+        "auth_required": kind == "submission",
+        "auth_require_tls": kind == "submission" and starttls,
+    }
+    loop = asyncio.get_running_loop()
+
+    def make() -> MtaSMTP:
+        return MtaSMTP(handler, kind=kind, limits=limits, connections=connections, implicit_tls=implicit, loop=loop, **options)
+
+    return make
+
+
+async def start(ctx: Any) -> MtaService | None:
+    listeners = [lst for lst in ctx.cfg.listeners.values() if lst.protocol in PROTOCOLS]
+    if not listeners:
+        return None
+    _quiet_aiosmtpd()
+    smtp = ctx.cfg.smtp
+    limits = Limits(
+        max_message_size=smtp.max_message_size,
+        max_line_length=smtp.max_line_length,
+        max_header_size=smtp.max_header_size,
+        max_errors=smtp.max_errors,
+        idle_timeout=float(smtp.idle_timeout),
+    )
+    loop = asyncio.get_running_loop()
+    shared = await loop.run_in_executor(ctx.executor, _shared, ctx)
+    connections = Connections(smtp.max_connections_per_ip)
+    servers: list[asyncio.AbstractServer] = []
+    endpoints: list[str] = []
+    try:
+        for lst in listeners:
+            factory = _factory(ctx, shared, connections, limits, lst)
+            ssl = ctx.ssl_context if lst.tls == "implicit" else None
+            if lst.tls != "none" and ctx.ssl_context is None:
+                raise ConfigError(f"{ctx.cfg.path}: listeners.{lst.name}.tls: TLS is configured but no certificate was loaded",
+                                  key=f"listeners.{lst.name}.tls")
+            server = await loop.create_server(factory, lst.host, lst.port, ssl=ssl, reuse_address=True, backlog=512)
+            servers.append(server)
+            endpoints.append(f"{lst.protocol} {lst.bind}")
+    except BaseException:
+        for srv in servers:
+            srv.close()
+        raise
+    outbound = None
+    if not ctx.cfg.queue.hold:
+        try:
+            outbound = await loop.run_in_executor(ctx.executor, _outbound_worker, ctx, shared)
+            await outbound.start()
+        except BaseException:
+            for srv in servers:
+                srv.close()
+            raise
+    return MtaService(servers, endpoints, connections, shared, outbound=outbound)
