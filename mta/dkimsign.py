@@ -48,6 +48,7 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -380,7 +381,18 @@ _process_signer: DkimSigner | None = None
 
 def _init_process(keys_dir: str) -> None:
     global _process_signer
+    # Ctrl-C reaches the whole process group: the parent owns shutdown, a
+    # signing worker must not die mid-job with a traceback on the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _process_signer = DkimSigner(keys_dir)
+    parent = os.getppid()
+
+    def watch() -> None:  # a signing process must not outlive the MTA (kill -9 leaves it blocked on its queue)
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _signatures_in_process(raw: bytes) -> bytes:

@@ -102,14 +102,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
 class Worker:
     """An ``Outbound`` on its own event loop in a thread."""
 
-    def __init__(self, store: Any, queue: Any, dns_port: int, *, remote_port: int, hostname: str = "mail.example.test",
-                 fetcher: Any = None, signer: Any = None, connect: dict[str, Any] | None = None, **settings: Any) -> None:
+    def __init__(self, store: Any, queue: Any, dns_port: int, *, remote_port: int = 25, hostname: str = "mail.example.test",
+                 fetcher: Any = None, signer: Any = None, connect: dict[str, Any] | None = None,
+                 config: Any = None, **settings: Any) -> None:
+        """Settings from ``config`` (a loaded appliance.toml) when given, else from the arguments."""
         self.loop = asyncio.new_event_loop()
-        conn = ConnectSettings(hostname=hostname, remote_port=remote_port, connect_timeout=2.0, command_timeout=5.0,
-                               **(connect or {}))
-        opts: dict[str, Any] = {"retry_base": 1.0, "retry_max": 2.0, "max_lifetime": 3600.0, "delay_notice_after": 0.0}
-        opts.update(settings)
-        self.settings = OutboundSettings(hostname=hostname, connect=conn, **opts)
+        if config is not None:
+            self.settings = OutboundSettings.from_config(config)
+            conn = self.settings.connect
+        else:
+            conn = ConnectSettings(hostname=hostname, remote_port=remote_port, connect_timeout=2.0, command_timeout=5.0,
+                                   **(connect or {}))
+            opts: dict[str, Any] = {"retry_base": 1.0, "retry_max": 2.0, "max_lifetime": 3600.0, "delay_notice_after": 0.0}
+            opts.update(settings)
+            self.settings = OutboundSettings(hostname=hostname, connect=conn, **opts)
         resolver = MxResolver(["127.0.0.1"], port=dns_port, timeout=2.0)
         sts = MtaSts(resolver, fetcher) if fetcher is not None else None
         pool = Pool(Connector(conn, resolver, sts), max_per_domain=self.settings.max_per_domain,

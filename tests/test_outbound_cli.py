@@ -40,10 +40,28 @@ def inst(tmp_path_factory, fake_dns, port):  # type: ignore[no-untyped-def]
     srv.stop()
 
 
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.returncode, self.out, self.err = code, out, err
+
+
+def cli(inst, *args: str) -> Result:  # type: ignore[no-untyped-def]
+    """`appliance -c ... ARGS` in this process (a subprocess costs a second or two of imports)."""
+    import contextlib
+    import io
+
+    from appliance.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["-c", str(inst.config_path), *args])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
 def cli_json(inst, *args: str) -> dict:  # type: ignore[no-untyped-def]
-    r = inst.cli(*args, "--json")
-    assert r.returncode == 0, r.stderr.decode()
-    return json.loads(r.stdout)
+    r = cli(inst, *args, "--json")
+    assert r.returncode == 0, r.err
+    return json.loads(r.out)
 
 
 def send(inst, rcpt: str, subject: str, login: str = "alice@example.test") -> None:  # type: ignore[no-untyped-def]
@@ -85,25 +103,25 @@ def test_list_show_retry_delete_flush(inst, store) -> None:  # type: ignore[no-u
     assert m["sender"] == "alice@example.test" and m["recipients"][0]["state"] == "deferred"
     assert "refused" in m["last_error"] and "mx.dead.test" in m["last_error"]
     assert m["next_try"] is not None
-    table = inst.cli("queue", "list").stdout.decode()
+    table = cli(inst, "queue", "list").out
     assert m["id"] in table and "a@dead.test (deferred)" in table
-    shown = inst.cli("queue", "show", m["id"]).stdout.decode()
+    shown = cli(inst, "queue", "show", m["id"]).out
     assert "Subject: stuck" in shown and "a@dead.test: deferred" in shown
     assert cli_json(inst, "queue", "show", m["id"])["headers"]["subject"] == ["stuck"]
 
-    r = inst.cli("queue", "retry", m["id"])
-    assert r.returncode == 0 and "within a second" in r.stdout.decode()
+    r = cli(inst, "queue", "retry", m["id"])
+    assert r.returncode == 0 and "within a second" in r.out
     before = states(inst, store, "a@dead.test")[0][1]["attempts"]
     wait_for(lambda: [q for q in states(inst, store, "a@dead.test") if q[1]["attempts"] > before], 10)
     assert cli_json(inst, "queue", "flush")["messages"] >= 1
 
-    r = inst.cli("queue", "delete", m["id"])
-    assert r.returncode == 0 and "deleted" in r.stdout.decode(), r.stdout + r.stderr
+    r = cli(inst, "queue", "delete", m["id"])
+    assert r.returncode == 0 and "deleted" in r.out, r.out + r.err
     assert queued(inst, "a@dead.test") == []
-    missing = inst.cli("queue", "show", m["id"])
-    assert missing.returncode == 1 and "no queued message" in missing.stderr.decode()
-    bad = inst.cli("queue", "delete", "../../etc/passwd")
-    assert bad.returncode == 1 and "invalid queue id" in bad.stderr.decode()
+    missing = cli(inst, "queue", "show", m["id"])
+    assert missing.returncode == 1 and "no queued message" in missing.err
+    bad = cli(inst, "queue", "delete", "../../etc/passwd")
+    assert bad.returncode == 1 and "invalid queue id" in bad.err
 
 
 def test_list_in_chinese(inst, store) -> None:  # type: ignore[no-untyped-def]
@@ -126,14 +144,14 @@ def test_mail_of_a_frozen_account_is_held_until_the_freeze_is_lifted(inst, store
         qid = OutboundQueue(store, inst.path / "queue").enqueue(
             "bob@example.test", ["x@live.test"], message("bob@example.test", "x@live.test", "frozen"),
             meta={"auth": "bob@example.test"})
-        inst.cli("queue", "retry", qid)
+        cli(inst, "queue", "retry", qid)
         wait_for(lambda: [q for q in states(inst, store, "x@live.test") if q[1].get("held")], 10)
         (m,) = queued(inst, "x@live.test")
         assert m["held"] == "account frozen" and m["attempts"] == 0
-        assert "held" in inst.cli("queue", "list").stdout.decode()
+        assert "held" in cli(inst, "queue", "list").out
         assert peer.messages == []
         assert outbound.unfreeze(store, "bob@example.test")
-        inst.cli("queue", "retry", qid)
+        cli(inst, "queue", "retry", qid)
         wait_for(lambda: peer.messages, 15)
         assert peer.messages[0][1] == ["x@live.test"]
     finally:
@@ -149,18 +167,18 @@ def test_dkim_show_and_rotate(tmp_path_factory, fake_dns) -> None:  # type: igno
     keys = inst.path / "keys"
     shown = cli_json(inst, "dkim", "show", "example.test")
     assert shown["active"] == "s1" and {k["selector"] for k in shown["keys"]} == {"s1", "s1r"}
-    assert inst.cli("dkim", "show", "nowhere.test").returncode == 67
+    assert cli(inst, "dkim", "show", "nowhere.test").returncode == 67
 
     started = cli_json(inst, "dkim", "rotate", "example.test")
     assert started["step"] == "started" and started["pending"] == "s2"
     assert {r["name"] for r in started["records"]} == {"s2._domainkey.example.test", "s2r._domainkey.example.test"}
-    text = inst.cli("dkim", "show", "example.test").stdout.decode()
+    text = cli(inst, "dkim", "show", "example.test").out
     assert "s2._domainkey.example.test. 3600 IN TXT" in text and "waiting for its DNS record" in text
     signer = DkimSigner(keys, recheck=0)
     assert {k.selector for k in signer.keys("example.test")} == {"s1", "s1r"}  # still the old key
 
-    refused = inst.cli("dkim", "rotate", "example.test")  # the new records are not in DNS yet
-    assert refused.returncode == 75 and "not in DNS" in refused.stderr.decode()
+    refused = cli(inst, "dkim", "rotate", "example.test")  # the new records are not in DNS yet
+    assert refused.returncode == 75 and "not in DNS" in refused.err
     for r in started["records"]:
         fake_dns.set(r["name"], "TXT", r["value"])
     switched = cli_json(inst, "dkim", "rotate", "example.test")
@@ -169,8 +187,8 @@ def test_dkim_show_and_rotate(tmp_path_factory, fake_dns) -> None:  # type: igno
     check = cli_json(inst, "dkim", "show", "example.test", "--check")
     assert {k["selector"]: k["published"] for k in check["keys"] if k["generation"] == "s2"} == {"s2": True, "s2r": True}
 
-    early = inst.cli("dkim", "rotate", "example.test", "--finish")  # dkim.keep_old is 7 days
-    assert early.returncode == 75 and "--force" in early.stderr.decode()
+    early = cli(inst, "dkim", "rotate", "example.test", "--finish")  # dkim.keep_old is 7 days
+    assert early.returncode == 75 and "--force" in early.err
     done = cli_json(inst, "dkim", "rotate", "example.test", "--finish", "--force")
     assert done["step"] == "finished" and sorted(done["retired"]) == ["s1", "s1r"]
     assert os.listdir(keys / "dkim" / "retired")

@@ -235,6 +235,19 @@ def test_bounce_of_a_bounce_is_never_sent(sender) -> None:  # type: ignore[no-un
     assert len(inbox(store, "alice@example.test")) == before
 
 
+def test_no_bounce_for_mail_refused_in_session_on_port_25(sender, receiver) -> None:  # type: ignore[no-untyped-def]
+    inst, _store = sender
+    remote_user, _ = new_user(receiver[1], "remote.test")
+    ready = inst.path / "queue" / "ready"
+    before = set(ready.iterdir())
+    with mx_client(inst.ports["mx"]) as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail(remote_user, ["nobody-here@example.test"], message(remote_user, "nobody-here@example.test"))
+    time.sleep(1.5)
+    assert set(ready.iterdir()) <= before  # nothing queued: no DSN goes out
+    assert inbox(receiver[1], remote_user) == []
+
+
 # ---------------------------------------------------------------- kill -9
 
 
