@@ -347,6 +347,7 @@ def start_ours(n_users: int):  # type: ignore[no-untyped-def]
     finally:
         store.close()
     server = Server(inst, services=["imapd"])
+    print(f"[ours] instance {inst.path}", flush=True)
     t = Target("ours", "127.0.0.1", port, users[0][0], users[0][1], [server.proc.pid], users, inst=inst)
     return t, server
 
@@ -394,6 +395,11 @@ def run_targets(targets: list[Target], a: argparse.Namespace) -> None:
         for t in targets:
             t.results["mixed"] = mixed(t, a.clients, a.mixed_seconds)
             print(f"[{t.name}] mixed: {t.results['mixed']}", flush=True)
+    if a.idle > 0:
+        for t in targets:
+            if t.pids:
+                t.results["idle"] = idle_memory(t, a.idle)
+                print(f"[{t.name}] idle: {t.results['idle']}", flush=True)
     if a.big > 0:
         box = f"bench-{a.big // 1000}k"
         for t in targets:
@@ -411,11 +417,6 @@ def run_targets(targets: list[Target], a: argparse.Namespace) -> None:
             runs = t.results["big_runs"]
             t.results["big_median_ms"] = {k: round(statistics.median(r["times_ms"][k] for r in runs[1:]), 1) for k in OPS}
             t.results["big_cold_ms"] = runs[0]["times_ms"]
-    if a.idle > 0:
-        for t in targets:
-            if t.pids:
-                t.results["idle"] = idle_memory(t, a.idle)
-                print(f"[{t.name}] idle: {t.results['idle']}", flush=True)
 
 
 def report(targets: list[Target], a: argparse.Namespace) -> None:
@@ -471,6 +472,7 @@ def main() -> int:
     p.add_argument("--password")
     p.add_argument("--pid", type=int, action="append", default=[], help="server process(es) to measure (generic mode)")
     p.add_argument("--json")
+    p.add_argument("--keep", action="store_true", help="keep our throw-away instance (its path is printed)")
     a = p.parse_args()
     targets: list[Target] = []
     cleanup = []
@@ -481,6 +483,10 @@ def main() -> int:
             if not a.only_dovecot:
                 t, server = start_ours(100)
                 targets.append(t)
+                if not a.keep:
+                    import shutil
+
+                    cleanup.append(lambda p=server.inst.path: shutil.rmtree(p, ignore_errors=True))
                 cleanup.append(server.stop)
             if not a.no_dovecot:
                 t, was_running = start_dovecot()

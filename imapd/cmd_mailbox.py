@@ -52,7 +52,7 @@ class MailboxCommands:
         await self._select(tag, args, readonly=True)
 
     async def _select(self: Any, tag: str, args: Args, *, readonly: bool) -> None:
-        name = mailbox_name(args.astring("mailbox"))
+        raw_name = args.astring("mailbox")
         qresync_args = None
         if args.more():
             for p in _params(args.list("select parameters")):
@@ -65,10 +65,11 @@ class MailboxCommands:
                 else:
                     raise ParseError("Unknown SELECT parameter")
         args.end()
-        if self.selected is not None:
+        if self.selected is not None:  # even a SELECT that fails leaves no mailbox selected
             self.deselect()
             if self.qresync:
                 self.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
+        name = mailbox_name(raw_name)
         store, user = self.shared.store, self.user
 
         views = self.shared.views

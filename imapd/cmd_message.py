@@ -30,9 +30,9 @@ from .fetch import (
 )
 from .parser import Args, ParseError, format_uidset, parse_seqset
 from .replies import Reply
-from .search import BadCharset, SearchData, Searcher, parse_search
+from .search import COST, BadCharset, SearchData, Searcher, parse_search
 from .structure import SectionError
-from .wire import literal
+from .wire import flag_list, literal
 
 _STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
 MODES = {"": "set", "+": "add", "-": "remove"}
@@ -75,20 +75,38 @@ class MessageCommands:
             gone = [u for u in gone if any(a <= u <= b for a, b in ranges)]
             if gone:
                 self.send(b"* VANISHED (EARLIER) " + format_uidset(gone).encode() + b"\r\n")
-        flags_only = set(plan.items) <= FLAG_ITEMS
-        step = len(idxs) or 1
-        if not flags_only:
-            step = 25 if plan.needs_blob else 5000
+        if self._cheap_fetch(sel, idxs, plan):
+            # a few messages, everything in memory: cheaper here than a trip to a worker
+            self.send(b"".join(self._fetch_job(sel, idxs, plan, changedsince, True)))
+            self.tagged(tag, b"OK FETCH completed")
+            return
+        # batches: the client parses one while the next is made
+        step = 25 if plan.needs_blob else 5000
         try:
             for k in range(0, max(len(idxs), 1), step):
                 out = await self.run(self._fetch_job, sel, idxs[k:k + step], plan, changedsince, k == 0)
                 if self.lost:
                     return
-                self.send_many(out)
+                self.send(b"".join(out))
                 await self.drain()
         except SectionError:
             raise Reply(b"NO [UNKNOWN-CTE] A part has an unknown content transfer encoding") from None
         self.tagged(tag, b"OK FETCH completed")
+
+    def _cheap_fetch(self: Any, sel: Any, idxs: list[int], plan: FetchPlan) -> bool:
+        """True if a FETCH needs no file, no structure and no index read beyond the mailbox's version."""
+        if not self.shared.inline_reads or plan.needs_blob or len(idxs) > 200:
+            return False
+        box = self.shared.msg_cache.peek(sel.id, sel.uidvalidity)
+        if box is None and not plan.index_only:
+            return False
+        for i in idxs:
+            if plan.index_only and set(plan.items) <= FLAG_ITEMS:
+                break
+            m = box.get(sel.uids[i]) if box is not None else None
+            if m is None or (plan.needs_meta and _needs_meta(m, plan)):
+                return False
+        return True
 
     def _fetch_job(self: Any, sel: Any, idxs: list[int], plan: FetchPlan, changedsince: int | None,
                    first: bool) -> list[bytes]:
@@ -109,6 +127,17 @@ class MessageCommands:
                 got = flag_cache[key] = flags_item(*key)
             return got
 
+        if plan.items == ["UID", "FLAGS"]:  # what every client sends to resynchronise: one format per line
+            lists: dict[frozenset[str], bytes] = {}
+            for i in idxs:
+                f, u = flags[i], uids[i]
+                fl = lists.get(f)
+                if fl is None:
+                    fl = lists[f] = flag_list(f)
+                if recent and u in recent:
+                    fl = flag_list([*f, "\\Recent"])
+                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (i + 1, u, fl))
+            return out
         if set(plan.items) <= FLAG_ITEMS:
             with_uid, with_flags, with_modseq = "UID" in plan.items, "FLAGS" in plan.items, "MODSEQ" in plan.items
             for i in idxs:
@@ -275,10 +304,14 @@ class MessageCommands:
             pre = self.refresh_view(sel, allow_expunge=False)
             found = Searcher(SearchData(store, user, sel, self.shared.msg_cache, self.shared.texts)).run(req.key)
             ids = [sel.uids[i] for i in found] if uid else [i + 1 for i in found]
-            highest = max((sel.modseqs[i] for i in found), default=0)
+            highest = max((sel.modseqs[i] for i in found), default=0) if req.uses_modseq else 0
             return pre, ids, highest
 
-        pre, ids, highest = await self.run(work)
+        if req.key.cost >= COST["header"]:  # may decrypt every message: bounded concurrency
+            async with self.shared.heavy:
+                pre, ids, highest = await self.run(work)
+        else:
+            pre, ids, highest = await self.run(work)
         self.send_many(pre)
         if req.returns is not None:
             out = b'* ESEARCH (TAG "' + tag.encode() + b'")' + (b" UID" if uid else b"")

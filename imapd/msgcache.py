@@ -12,6 +12,7 @@ first.
 from __future__ import annotations
 
 import threading
+import zlib
 from collections import OrderedDict
 from typing import Any
 
@@ -34,7 +35,7 @@ class Msg:
 
 
 class MessageCache:
-    def __init__(self, max_entries: int = 300_000) -> None:
+    def __init__(self, max_entries: int = 200_000) -> None:
         self.max_entries = max_entries
         self._boxes: OrderedDict[tuple[int, int], dict[int, Msg]] = OrderedDict()
         self._count = 0
@@ -49,6 +50,10 @@ class MessageCache:
             else:
                 self._boxes.move_to_end(key)
         return d
+
+    def peek(self, mailbox_id: int, uidvalidity: int) -> dict[int, Msg] | None:
+        """The cached entries of a mailbox, if any (no index read)."""
+        return self._boxes.get((mailbox_id, uidvalidity))
 
     def load(self, store: Any, mailbox_id: int, uidvalidity: int, uids: list[int]) -> dict[int, Msg]:
         """Blocking: the entries of ``uids`` that still exist (misses read from the index)."""
@@ -93,40 +98,50 @@ class MessageCache:
 
 
 class TextCache:
-    """Decoded, casefolded text of messages for BODY/TEXT searches, bounded in bytes.
+    """Decoded, casefolded text of messages for BODY/TEXT searches, compressed, bounded in bytes.
 
-    Plain text kept in memory only (never written anywhere), so a repeated
-    body search does not decrypt every message again; least recently used
-    first out. Keyed by the stored file, which never changes.
+    Plain text kept in memory only (never written anywhere), zlib-compressed
+    (about a third of the text), so a repeated body search neither decrypts
+    nor parses every message again; least recently used first out. Keyed by
+    the stored file, which never changes. Texts are UTF-8 bytes: a casefolded
+    needle is searched for as bytes.
     """
 
-    def __init__(self, max_bytes: int = 48 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 128 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
         self._d: OrderedDict[str, list] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
     def get(self, blob_id: str) -> list | None:
-        """[header text or None, body text] (the header is decoded only once a TEXT search needs it)."""
+        """[header text or None, body text] as bytes (the header is decoded only once TEXT needs it)."""
         with self._lock:
             got = self._d.get(blob_id)
             if got is not None:
                 self._d.move_to_end(blob_id)
-            return got
+        if got is None:
+            return None
+        head, body = got
+        return [zlib.decompress(head) if head is not None else None, zlib.decompress(body)]
 
-    def put(self, blob_id: str, header: str | None, body: str) -> None:
-        cost = len(header or "") + len(body) + 200
+    def has(self, blob_id: str) -> bool:
+        return blob_id in self._d
+
+    def put(self, blob_id: str, header: bytes | None, body: bytes) -> None:
+        zh = zlib.compress(header, 1) if header is not None else None
+        zb = zlib.compress(body, 1)
+        cost = len(zh or b"") + len(zb) + 150
         if cost > self.max_bytes // 8:
             return
         with self._lock:
             old = self._d.get(blob_id)
             if old is not None:
-                if header is not None and old[0] is None:
-                    old[0] = header
-                    self._size += len(header)
+                if zh is not None and old[0] is None:
+                    old[0] = zh
+                    self._size += len(zh)
                 return
-            self._d[blob_id] = [header, body]
+            self._d[blob_id] = [zh, zb]
             self._size += cost
             while self._size > self.max_bytes and self._d:
                 _k, (h, b) = self._d.popitem(last=False)
-                self._size -= len(h or "") + len(b) + 200
+                self._size -= len(h or b"") + len(b) + 150

@@ -193,7 +193,6 @@ class SeqSet:
     """``1:3,5,7:*``: ranges with ``None`` for ``*``; resolved against a mailbox later."""
 
     ranges: tuple[tuple[int | None, int | None], ...]
-    saved: bool = False  # "$" (SEARCHRES) is not supported; kept for clarity
 
     def resolve(self, largest: int) -> list[tuple[int, int]]:
         """Normalised (lo, hi) pairs with ``*`` = largest (0 for an empty mailbox)."""

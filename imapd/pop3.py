@@ -43,6 +43,7 @@ class Pop3Connection(Connection):
         self.msgs: list[tuple[int, int]] = []  # (uid, size)
         self.deleted: set[int] = set()  # message numbers
         self.errors = 0
+        self.auth_failures = 0
 
     # ------------------------------------------------------------ plumbing
     def greet(self) -> None:
@@ -225,6 +226,9 @@ class Pop3Connection(Connection):
                 self.err(code + FAILURE_TEXT[result.reason].encode())
             else:
                 self.err(b"[AUTH] Authentication failed")
+            self.auth_failures += 1
+            if self.auth_failures >= self.shared.limits.max_auth_failures:
+                self.close(b"-ERR Too many failed logins\r\n")
             return
         store, user = self.shared.store, self.user
 
@@ -313,7 +317,7 @@ class Pop3Connection(Connection):
                 data = r.read_all()
             if lines is None:
                 if "\\Seen" not in found[0].flags:
-                    store.mail.store_flags(mb.id, [uid], ["\\Seen"], "add")
+                    store.mail.store_flags(mb.id, [uid], ["\\Seen"], "add", durable=False)
             else:
                 data = _top(data, lines)
             data = _EOL.sub(b"\r\n", data)

@@ -247,8 +247,9 @@ class SearchData:
         return m.summary or {}
 
     def field(self, name: str) -> list[str]:
-        """One casefolded summary field of every message of the view, in sequence order."""
-        got = self._fields.get(name)
+        """One casefolded summary field of every message of the view, in sequence order (kept by the view)."""
+        aligned = getattr(self.sel, "aligned", self._fields)
+        got = aligned.get(name)
         if got is None:
             self.load_summaries()
             msgs = self._msgs or {}
@@ -256,7 +257,10 @@ class SearchData:
             for u in self.uids:
                 m = msgs.get(u)
                 got.append((m.summary or {}).get(name, "") if m is not None else "")
-            self._fields[name] = got
+            if all(m is not None and m.summary is not None for m in (msgs.get(u) for u in self.uids)):
+                aligned[name] = got  # complete: reusable until the view changes
+            else:
+                self._fields[name] = got
         return got
 
     def meta(self, i: int) -> dict | None:
@@ -278,7 +282,7 @@ class SearchData:
             if i in self._meta:
                 continue
             m = self.msg(i)
-            if m is None or (bodies and self.texts is not None and self.texts.get(m.blob_id) is not None):
+            if m is None or (bodies and self.texts is not None and self.texts.has(m.blob_id)):
                 # (a TEXT search may still need the meta for the header: then text() reads it singly)
                 continue
             need.append(m)
@@ -289,25 +293,27 @@ class SearchData:
             for mid, meta in got.items():
                 self._meta[index[by_id[mid].uid]] = meta
 
-    def text(self, i: int, *, header: bool) -> tuple[str, str] | None:
-        """(header text, body text), decoded and casefolded (the header only if asked); None if gone."""
+    def text(self, i: int, *, header: bool) -> tuple[bytes, bytes] | None:
+        """(header text, body text), decoded, casefolded, as UTF-8 (the header only if asked); None if gone."""
         m = self.msg(i)
         if m is None:
             return None
         got = self.texts.get(m.blob_id) if self.texts is not None else None
         if got is not None and (got[0] is not None or not header):
-            return got[0] or "", got[1]
+            return got[0] or b"", got[1]
         meta = self.meta(i)
         if meta is None:
             return None
         with self.open(i) as r:
             raw = r.read_all()
         struct = meta["struct"]
-        head = decode_words(raw[: struct["h"][1]].decode("utf-8", "replace")).casefold() if header else None
-        body = got[1] if got is not None else "\n".join(_texts(raw, struct, 0))
+        head = None
+        if header:
+            head = decode_words(raw[: struct["h"][1]].decode("utf-8", "replace")).casefold().encode("utf-8", "replace")
+        body = got[1] if got is not None else "\n".join(_texts(raw, struct, 0)).encode("utf-8", "replace")
         if self.texts is not None:
             self.texts.put(m.blob_id, head, body)
-        return head or "", body
+        return head or b"", body
 
 
 class Searcher:
@@ -410,7 +416,8 @@ class Searcher:
         if kind == "HEADER":
             return self._header_predicate(str(arg), str(key.arg2))
         if kind in ("BODY", "TEXT"):
-            return lambda i: self._body_match(i, str(arg), kind == "TEXT")
+            needle = str(arg).encode("utf-8", "replace")
+            return lambda i: self._body_match(i, needle, kind == "TEXT")
         raise ParseError(f"Unsupported search key {kind}")
 
     def _header_predicate(self, name: str, value: str):  # type: ignore[no-untyped-def]
@@ -440,7 +447,7 @@ class Searcher:
 
         return from_file
 
-    def _body_match(self, i: int, needle: str, with_header: bool) -> bool:
+    def _body_match(self, i: int, needle: bytes, with_header: bool) -> bool:
         got = self.d.text(i, header=with_header)
         if got is None:
             return False

@@ -67,6 +67,9 @@ class Selected:
         self.qresync = qresync
         self.dirty = False
         self.announced_exists = len(self.uids)
+        #: per-message values aligned with ``uids`` that searches reuse (summary fields);
+        #: dropped whenever the list of messages changes
+        self.aligned: dict[str, list] = {}
 
     # ------------------------------------------------------------- lookups
     @property
@@ -166,8 +169,10 @@ class Selected:
                     self.modseqs[i] = m.modseq
                     if m.uid not in self.pending_expunge:
                         flag_changes.append(m)
-        if new_uids and not self.readonly:
-            self.recent.update(claim_recent(self.id, new_uids, self.uidnext))
+        if new_uids:
+            self.aligned.clear()
+            if not self.readonly:
+                self.recent.update(claim_recent(self.id, new_uids, self.uidnext))
         if len(self.uids) != self.announced_exists:
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             out.append(b"* %d RECENT\r\n" % len(self.recent))
@@ -194,6 +199,7 @@ class Selected:
         if not idx:
             return []
         gone = [self.uids[i] for i in idx]
+        self.aligned.clear()
         for u in gone:
             self.recent.discard(u)
             self.reported.pop(u, None)

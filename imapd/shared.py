@@ -97,6 +97,9 @@ class Shared:
     texts: TextCache = field(default_factory=TextCache)
     #: small index reads (a mailbox's version) may run on the reactor: true on SQLite, where they take ~0.1 ms
     inline_reads: bool = False
+    #: long jobs (SEARCH, which may decrypt a whole mailbox) take at most this many of the pool's
+    #: threads at once, so deliveries and other sessions keep theirs
+    heavy: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     log: logging.Logger = log
 
     def run(self, fn: Any, *args: Any) -> asyncio.Future:

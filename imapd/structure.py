@@ -8,6 +8,9 @@ in depth.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
+
 from .wire import quote
 
 MAX_RENDER_DEPTH = 100
@@ -16,50 +19,51 @@ _STD_ENCODINGS = {"7bit", "8bit", "binary", "base64", "quoted-printable"}
 
 # ------------------------------------------------------------------ addresses
 
-_SPECIALS = set('()<>@,;:\\".[]')
+
+_TOKEN = re.compile(r"""
+      (?P<ws>[ \t\r\n]+)
+    | "(?P<q>(?:[^"\\]|\\.)*)"?
+    | (?P<c>\()
+    | (?P<s>[)<>@,;:.\[\]\\])
+    | (?P<a>[^ \t\r\n()<>@,;:\\".\[\]]+)
+""", re.X | re.S)
+_UNQUOTE = re.compile(r"\\(.)", re.S)
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
     """RFC 5322 lexical tokens: ("q", quoted), ("a", atom), ("s", special); comments dropped."""
     out: list[tuple[str, str]] = []
     i, n = 0, len(text)
+    match = _TOKEN.match
     while i < n:
-        c = text[i]
-        if c in " \t\r\n":
-            i += 1
-        elif c == '"':
-            j = i + 1
-            buf = []
-            while j < n and text[j] != '"':
-                if text[j] == "\\" and j + 1 < n:
-                    j += 1
-                buf.append(text[j])
-                j += 1
-            out.append(("q", "".join(buf)))
-            i = j + 1
-        elif c == "(":
-            depth = 0
-            while i < n:
-                if text[i] == "\\":
-                    i += 2
+        m = match(text, i)
+        if m is None:  # cannot happen: every character matches one branch
+            break
+        kind = m.lastgroup
+        if kind == "c":
+            depth, j = 0, i
+            while j < n:
+                ch = text[j]
+                if ch == "\\":
+                    j += 2
                     continue
-                if text[i] == "(":
+                if ch == "(":
                     depth += 1
-                elif text[i] == ")":
+                elif ch == ")":
                     depth -= 1
                     if depth == 0:
                         break
-                i += 1
-            i += 1
-        elif c in _SPECIALS:
-            out.append(("s", c))
-            i += 1
-        else:
-            j = i
-            while j < n and text[j] not in _SPECIALS and text[j] not in " \t\r\n":
                 j += 1
-            out.append(("a", text[i:j]))
-            i = j
+            i = j + 1
+            continue
+        if kind == "q":
+            v = m.group("q")
+            out.append(("q", _UNQUOTE.sub(r"\1", v) if "\\" in v else v))
+        elif kind == "a":
+            out.append(("a", m.group("a")))
+        elif kind == "s":
+            out.append(("s", m.group("s")))
+        i = m.end()
     return out
 
 
@@ -152,6 +156,7 @@ def parse_addresses(value: str | None) -> list[tuple[str | None, str | None, str
     return out
 
 
+@lru_cache(maxsize=8192)
 def _address_list(value: str | None) -> bytes:
     addrs = parse_addresses(value)
     if not addrs:

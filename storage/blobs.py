@@ -59,6 +59,9 @@ _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
 
+_FIRST_READ = 128 * 1024  # BlobReader reads this much at open: small messages need no second read
+
+
 def _check_blob_id(blob_id: str) -> str:
     if not isinstance(blob_id, str) or not _BLOB_ID_RE.fullmatch(blob_id):
         raise InvalidInputError("invalid blob id {blob_id!r}: expected 32 lowercase hex characters", blob_id=blob_id)
@@ -220,7 +223,9 @@ class BlobReader:
 
     def _init(self, account_uuid: str, blob_id: str, data_key: bytes) -> None:
         file_size = os.fstat(self._fd).st_size
-        prefix = os.pread(self._fd, _PREFIX_SIZE, 0)
+        # one read for header, metadata and (for most messages) the only chunk
+        head = os.pread(self._fd, min(file_size, _FIRST_READ), 0)
+        prefix = head[:_PREFIX_SIZE]
         if len(prefix) < _PREFIX_SIZE:
             raise self._corrupt("header", f"file is {file_size} bytes, too short for a header")
         if prefix[:4] != MAGIC:
@@ -234,7 +239,10 @@ class BlobReader:
         meta_len = int.from_bytes(prefix[6 + SALT_SIZE : _PREFIX_SIZE], "big")
         if not TAG_SIZE <= meta_len <= MAX_META_SIZE or _PREFIX_SIZE + meta_len > file_size:
             raise self._corrupt("header", f"invalid metadata length {meta_len}")
-        sealed_meta = os.pread(self._fd, meta_len, _PREFIX_SIZE)
+        if _PREFIX_SIZE + meta_len <= len(head):
+            sealed_meta = head[_PREFIX_SIZE:_PREFIX_SIZE + meta_len]
+        else:
+            sealed_meta = os.pread(self._fd, meta_len, _PREFIX_SIZE)
         header = prefix + sealed_meta
         ids = _ids_aad(account_uuid, blob_id)
         self._aead = _file_key(data_key, salt, account_uuid, blob_id)
@@ -265,7 +273,12 @@ class BlobReader:
         self.num_chunks = n
         self._last_ct = last_ct
         self.size = body - n * TAG_SIZE
-        self._last_plain = self._decrypt(n - 1, os.pread(self._fd, last_ct, self._offset(n - 1)))
+        last_at = self._offset(n - 1)
+        if last_at + last_ct <= len(head):
+            last_raw = head[last_at:last_at + last_ct]
+        else:
+            last_raw = os.pread(self._fd, last_ct, last_at)
+        self._last_plain = self._decrypt(n - 1, last_raw)
 
     def _offset(self, index: int) -> int:
         return self._header_len + index * self._ct_chunk

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -71,6 +72,7 @@ class MailStore:
         self._meta_cache: OrderedDict[tuple[int, str], dict] = OrderedDict()
         self._summary_cache: OrderedDict[int, dict] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._local = threading.local()
 
     # -------------------------------------------------------------- mailboxes
     def create_default_mailboxes(self, user_id: int) -> None:
@@ -548,19 +550,21 @@ class MailStore:
 
     def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageInfo], list[int]]:
         """(messages changed after modseq, UIDs expunged after it): for CONDSTORE/QRESYNC and IDLE."""
-        with self._s.read() as c:
-            rows = fetch_raw(
-                c,
-                "SELECT id, mailbox_id, uid, blob_id, size, internal_date, flags, keywords, modseq"
-                " FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
-                (mailbox_id, modseq),
-            )
-            vanished = [
-                r[0]
-                for r in fetch_raw(
-                    c, "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, modseq)
-                )
-            ]
+        q_changed = ("SELECT id, mailbox_id, uid, blob_id, size, internal_date, flags, keywords, modseq"
+                     " FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid")
+        q_vanished = "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid"
+        quick = self._quick_reader()
+        if quick is not None:
+            quick.execute("BEGIN")  # both reads from one snapshot
+            try:
+                rows = quick.execute(q_changed, (mailbox_id, modseq)).fetchall()
+                vanished = [r[0] for r in quick.execute(q_vanished, (mailbox_id, modseq))]
+            finally:
+                quick.execute("COMMIT")
+        else:
+            with self._s.read() as c:
+                rows = fetch_raw(c, q_changed, (mailbox_id, modseq))
+                vanished = [r[0] for r in fetch_raw(c, q_vanished, (mailbox_id, modseq))]
         changed = [MessageInfo(r[0], r[1], r[2], r[3], r[4], r[5], join_flags(r[6], r[7]), r[8]) for r in rows]
         return changed, vanished
 
@@ -570,6 +574,11 @@ class MailStore:
             return {}
         ids = list(mailbox_ids)
         out: dict[int, tuple[int, int]] = {}
+        quick = self._quick_reader()
+        if quick is not None and len(ids) <= 500:
+            # the IMAP server asks this before most commands: one indexed row, no pool or transaction
+            sql = "SELECT id, highestmodseq, uidnext FROM mailboxes WHERE id IN (" + ",".join("?" * len(ids)) + ")"
+            return {r[0]: (r[1], r[2]) for r in quick.execute(sql, ids)}
         with self._s.read() as c:
             for k in range(0, len(ids), 500):
                 part = ids[k : k + 500]
@@ -578,6 +587,18 @@ class MailStore:
                 ):
                     out[r[0]] = (r[1], r[2])
         return out
+
+    def _quick_reader(self) -> sqlite3.Connection | None:
+        """A read-only SQLite connection of this thread for single-row polls (None on other databases)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            url = self._s.engine.url
+            if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+                return None
+            conn = sqlite3.connect(url.database, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+        return conn
 
     def usage(self, user_id: int) -> tuple[int, int]:
         with self._s.read() as c:

@@ -169,6 +169,12 @@ def test_select_and_examine_responses(inst, user) -> None:
     assert chat.tagged("u")[0].startswith(b"u OK")
     chat.send("f FETCH 1 FLAGS")
     assert chat.tagged("f")[0].startswith(b"f BAD")
+    chat.send(f"s2 SELECT {box}")
+    chat.tagged("s2")
+    chat.send("s3 SELECT no-such-mailbox")
+    assert chat.tagged("s3")[0].startswith(b"s3 NO [NONEXISTENT]")
+    chat.send("f2 FETCH 1 FLAGS")  # a failed SELECT leaves nothing selected
+    assert chat.tagged("f2")[0].startswith(b"f2 BAD")
     chat.close()
 
 

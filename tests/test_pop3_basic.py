@@ -164,3 +164,16 @@ def test_commands_before_login_and_unknown(inst) -> None:
         assert ch.readline().startswith(b"-ERR"), cmd
     ch.send("X" * 5000)
     assert ch.closed()
+
+
+def test_three_failed_logins_close(inst) -> None:
+    who = account(inst, "pop3-fail")
+    ch = Chat(inst.ports["pop3s"], tls=True)
+    ch.expect(r"\+OK")
+    for i in range(3):
+        ch.send(f"USER {who}")
+        ch.readline()
+        ch.send(f"PASS wrong{i}")
+        assert ch.readline().startswith(b"-ERR [AUTH]")
+    assert ch.closed()
+    pop3(inst, who).quit()  # the right password still works (and resets the count)
