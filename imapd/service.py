@@ -5,7 +5,13 @@ tls="implicit" is TLS from the first byte (``listenSSL``); tls="starttls"
 offers STARTTLS/STLS and refuses LOGIN, AUTHENTICATE, USER/PASS before it
 (LOGINDISABLED advertised); tls="none" allows plaintext logins (for a
 loopback-only test or benchmark listener). One change watcher per process
-serves IDLE; one sweeper logs out idle connections.
+serves IDLE; one sweeper logs out idle connections; one guard ends the
+sessions whose credentials were revoked (see ``guard``).
+
+When the antispam service does not run in this process (the systemd layout:
+``appliance up --service imapd``), ``start`` attaches a learner of its own
+(``antispam.attach_learning``) so moves into and out of Junk made here still
+teach rspamd; ``stop`` stops it.
 
 ``stop()`` stops listening, says BYE to every session, waits a little for
 the commands in flight, then drops what is left.
@@ -46,11 +52,14 @@ def limits_from_config(cfg: Any) -> Limits:
 class ImapService:
     name = "imapd"
 
-    def __init__(self, shared: Shared, ports: list[Any], endpoints: list[str], sweeper: asyncio.Task) -> None:
+    def __init__(self, shared: Shared, ports: list[Any], endpoints: list[str], sweeper: asyncio.Task,
+                 learner: Any = None) -> None:
         self.shared = shared
         self.ports = ports
         self.endpoints = endpoints
         self._sweeper = sweeper
+        #: the spam learner this service attached itself (None when the antispam service owns it)
+        self.learner = learner
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         for port in self.ports:
@@ -68,6 +77,9 @@ class ImapService:
                 for conn in list(registry.conns):
                     conn.transport.abortConnection()
         await self.shared.watcher.close()
+        if self.learner is not None:
+            await detach_learning(self.shared.store, self.learner)
+            self.learner = None
 
 
 async def _sweep(registry: Registry, every: float) -> None:
@@ -77,6 +89,37 @@ async def _sweep(registry: Registry, every: float) -> None:
             registry.sweep()
         except Exception:  # noqa: BLE001
             log.exception("idle sweep")
+
+
+def attach_learning(ctx: Any) -> Any:
+    """The spam learner this service must stop itself, or None (no antispam, or its service owns it).
+
+    A learner that cannot be made (a bad antispam setting) leaves IMAP
+    running without learning, with a warning: mail access matters more.
+    """
+    try:
+        import antispam
+    except ImportError:
+        return None
+    try:
+        learner = antispam.attach_learning(ctx)
+    except Exception as exc:  # noqa: BLE001 - IMAP must start even when learning cannot
+        log.warning("moves into and out of Junk will not teach the spam filter: %s", exc)
+        return None
+    service = ctx.running.get("antispam")
+    if learner is None or (service is not None and getattr(service, "learner", None) is learner):
+        return None
+    return learner
+
+
+async def detach_learning(store: Any, learner: Any) -> None:
+    store.remove_move_hook(learner.hook)
+    if getattr(store, "_antispam_learner", None) is learner:
+        store._antispam_learner = None
+    try:
+        await learner.stop(timeout=5.0)
+    except Exception as exc:  # noqa: BLE001 - keep stopping
+        log.warning("stopping the spam learner: %s", exc)
 
 
 async def start(ctx: Any) -> ImapService | None:
@@ -120,4 +163,4 @@ async def start(ctx: Any) -> ImapService | None:
             port.stopListening()
         raise
     sweeper = loop.create_task(_sweep(registry, min(30.0, max(1.0, limits.idle_timeout / 4))))
-    return ImapService(shared, ports, endpoints, sweeper)
+    return ImapService(shared, ports, endpoints, sweeper, attach_learning(ctx))

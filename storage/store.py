@@ -246,6 +246,11 @@ class Store:
         """Hook called after messages move between mailboxes (spam learning)."""
         self._move_hooks.append(hook)
 
+    def remove_move_hook(self, hook: MoveHook) -> None:
+        """Undo ``add_move_hook`` (a service stopping in a process that keeps the store)."""
+        if hook in self._move_hooks:
+            self._move_hooks.remove(hook)
+
     def on_move(self, src: Mailbox, dst: Mailbox, uids: list[int]) -> None:
         if not self._move_hooks:
             return
