@@ -384,7 +384,8 @@ class Scanner:
                     qid = await asyncio.get_running_loop().run_in_executor(
                         self.executor, lambda: self.quarantine.hold(
                             message, sender=mail_from, recipients=[p.address for p in keep], days=days,
-                            score=verdict.score, reason=verdict.reason, queue_id=queue_id, ip=ip))
+                            score=verdict.score, reason=verdict.reason, queue_id=queue_id, ip=ip,
+                            symbols=verdict.symbols))
                 except Exception as exc:  # noqa: BLE001 - a full disk must not turn a reject into a crash
                     log.warning("cannot quarantine a rejected message: %s", exc)
                 else:

@@ -47,6 +47,7 @@ class Held:
     size: int
     queue_id: str | None = None
     ip: str | None = None
+    symbols: tuple[tuple[str, float], ...] = ()  # rspamd's symbols and their scores, strongest first
 
 
 class QuarantineError(Exception):
@@ -92,7 +93,8 @@ class Quarantine:
     # -- operations --------------------------------------------------------
 
     def hold(self, raw: bytes, *, sender: str, recipients: list[str], days: int, score: float | None = None,
-             reason: str = "", queue_id: str | None = None, ip: str | None = None, now: float | None = None) -> str:
+             reason: str = "", queue_id: str | None = None, ip: str | None = None, now: float | None = None,
+             symbols: list[tuple[str, float]] | tuple[tuple[str, float], ...] = ()) -> str:
         """Keep ``raw`` for ``days`` days; returns its ID. Blocking."""
         now = time.time() if now is None else now
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -100,7 +102,8 @@ class Quarantine:
         qid = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "-" + secrets.token_hex(4)
         meta = {"id": qid, "held_at": now, "expires": now + days * 86400, "sender": sender,
                 "recipients": list(recipients), "subject": _subject(raw), "score": score, "reason": reason,
-                "size": len(raw), "queue_id": queue_id, "ip": ip}
+                "size": len(raw), "queue_id": queue_id, "ip": ip,
+                "symbols": [[str(n)[:100], float(v)] for n, v in list(symbols)[:60]]}
         self._write(self.dir / f"{qid}.msg", self._seal(qid, "msg", raw))
         self._write(self.dir / f"{qid}.meta", self._seal(qid, "meta", json.dumps(meta).encode()))
         return qid
@@ -114,7 +117,8 @@ class Quarantine:
         d = json.loads(self._open(qid, "meta", sealed))
         return Held(id=qid, held_at=d["held_at"], expires=d["expires"], sender=d["sender"],
                     recipients=tuple(d["recipients"]), subject=d.get("subject", ""), score=d.get("score"),
-                    reason=d.get("reason", ""), size=d.get("size", 0), queue_id=d.get("queue_id"), ip=d.get("ip"))
+                    reason=d.get("reason", ""), size=d.get("size", 0), queue_id=d.get("queue_id"), ip=d.get("ip"),
+                    symbols=tuple((str(n), float(v)) for n, v in d.get("symbols") or ()))
 
     def read(self, qid: str) -> bytes:
         qid = self.check_id(qid)

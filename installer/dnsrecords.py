@@ -213,3 +213,34 @@ def check_records(records: list[DnsRecord], lookup: Lookup, out: BufferedOutput)
         else:
             message = _("{what}: not published").format(what=what)
         (out.print_error if rec.required else out.print_warning)(message, fix, check="dns")
+
+
+@dataclass(frozen=True)
+class RecordCheck:
+    """The live state of one record: "ok", "missing", "different" (``found`` says what) or "no-answer"."""
+
+    record: DnsRecord
+    status: str
+    found: tuple[str, ...] = ()
+
+
+def check_record(rec: DnsRecord, lookup: Lookup, addresses: Iterable[str] = ()) -> RecordCheck:
+    """One record against the live DNS, judged as ``check_records`` judges it (the panel's per-record status).
+
+    For A and AAAA records any of ``addresses`` (default: the record's own value) will do.
+    """
+    found = lookup(rec.name, rec.type)
+    if found is None:
+        return RecordCheck(rec, "no-answer")
+    if rec.type in ("A", "AAAA"):
+        ok = bool(set(found) & (set(addresses) or {rec.value}))
+    elif found == [] and rec.type == "CNAME":
+        as_address = lookup(rec.name, "A")
+        if as_address:
+            return RecordCheck(rec, "ok", tuple(as_address))
+        ok = False
+    else:
+        ok = bool(found) and _matches(rec, found)
+    if ok:
+        return RecordCheck(rec, "ok", tuple(found))
+    return RecordCheck(rec, "different" if found else "missing", tuple(found))
