@@ -17,11 +17,17 @@ the event log records why (kind ``security``, action ``outbound.freeze``).
 burst from the counters.
 
 Counters live in the store's settings (``outbound:<user uuid>``), so they
-survive restarts and are shared by every process on the same database.
-Updates are serialised within a process; two MTA processes updating one
-user at the same instant may lose one count, which does not matter for a
-threshold in the hundreds. Everything here is blocking (store calls): call
-it from a worker thread.
+survive restarts and are shared by every process on the same database (the
+MTA, the panel and imapd are separate processes under systemd). Each update
+is one read-change-write of that row in a single write transaction holding
+the row's lock (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on
+PostgreSQL), so no count is lost across processes, and the call that passes
+a limit is the only one that freezes: it marks the row (``"f"``) in the same
+transaction. The transaction does not wait for an fsync (losing the last
+counts in a power cut is harmless); the freeze itself is written durably.
+Threads of one process queue on a lock before the database, which is cheaper
+than SQLite's busy-wait. Everything here is blocking (store calls): call it
+from a worker thread.
 """
 
 from __future__ import annotations
@@ -111,8 +117,7 @@ def _hash(address: str) -> str:
     return hashlib.blake2b(address.strip().lower().encode(), digest_size=6).hexdigest()
 
 
-def _load(store: Any, user: Any) -> dict:
-    raw = store.get_setting(_key(user))
+def _parse(raw: str | None) -> dict:
     try:
         state = json.loads(raw) if raw else {}
     except ValueError:
@@ -120,6 +125,10 @@ def _load(store: Any, user: Any) -> dict:
     if not isinstance(state, dict) or state.get("v") != 1:
         state = {"v": 1, "w": {}, "h": {}}
     return state
+
+
+def _load(store: Any, user: Any) -> dict:
+    return _parse(store.get_setting(_key(user)))
 
 
 def _prune(state: dict, now: float) -> None:
@@ -177,20 +186,71 @@ def _check(state: dict, counts: dict[str, int], limits: Limits, now: float) -> R
     return None
 
 
+CLAIM_GRACE = 60.0  # seconds a freeze claimed in the counters waits for the freeze itself to be written
+
+
+def _claimed(state: dict, now: float) -> bool:
+    """Whether another call already decided to freeze this (not yet frozen) account.
+
+    A mark older than ``CLAIM_GRACE`` is stale: the freeze was lifted some other way than
+    ``unfreeze()``, or writing it failed; the next burst freezes again.
+    """
+    since = state.get("f")
+    return isinstance(since, int | float) and now - since < CLAIM_GRACE
+
+
+_ENSURE = "INSERT INTO settings (key, value) VALUES (?, '{}') ON CONFLICT (key) DO NOTHING"
+_SELECT = "SELECT value FROM settings WHERE key = ?"
+_WRITE = "UPDATE settings SET value = ? WHERE key = ?"
+
+
+def _atomic(store: Any, key: str, change: Any) -> Any:
+    """Run ``change(state) -> result`` on the counters row ``key`` in one locked write transaction.
+
+    Three short statements on the driver's cursor (this runs for every submitted message;
+    SQLAlchemy's statement building cost more than the database work).
+    """
+    postgres = store.engine.dialect.name == "postgresql"
+    with _lock, store.write(durable=False) as c:
+        cur = c.connection.cursor()
+        try:
+            def run(sql: str, params: tuple) -> None:
+                cur.execute(sql.replace("?", "%s") if c.dialect.paramstyle != "qmark" else sql, params)
+
+            if postgres:
+                run("SET LOCAL synchronous_commit TO OFF", ())
+            # make sure the row exists, then lock it: two first-ever updates must not both insert
+            run(_ENSURE, (key,))
+            run(_SELECT + (" FOR UPDATE" if postgres else ""), (key,))  # SQLite: BEGIN IMMEDIATE holds the lock
+            row = cur.fetchone()
+            state = _parse(row[0] if row else None)
+            result = change(state)
+            run(_WRITE, (json.dumps(state, separators=(",", ":")), key))
+        finally:
+            cur.close()
+    return result
+
+
 def _update(store: Any, email: str, now: float | None, limits: Any, change: Any) -> FreezeDecision:
     now = time.time() if now is None else now
     lim = Limits.from_config(limits)
     user = store.directory.get_user(email)
-    with _lock:
-        state = _load(store, user)
+    current = user.settings.get(SETTING)
+
+    def step(state: dict) -> tuple[dict, Reason | None]:
         _prune(state, now)
         change(state, now)
         counts = _window(state)
-        store.set_setting(_key(user), json.dumps(state, separators=(",", ":")))
-    current = user.settings.get(SETTING)
+        if current or _claimed(state, now):
+            return counts, None
+        reason = _check(state, counts, lim, now)
+        if reason is not None:
+            state["f"] = now  # this call freezes; any other process now sees the claim
+        return counts, reason
+
+    counts, reason = _atomic(store, _key(user), step)
     if current:
         return FreezeDecision(True, reason=_stored_reason(current), counts=counts)
-    reason = _check(state, counts, lim, now)
     if reason is None:
         return FreezeDecision(False, counts=counts)
     freeze(store, user.email, reason, counts=counts, now=now)
@@ -291,11 +351,13 @@ def unfreeze(store: Any, email: str, *, actor: str = "admin", now: float | None 
     now = time.time() if now is None else now
     user = store.directory.get_user(email)
     current = user.settings.get(SETTING)
-    with _lock:
-        state = _load(store, user)
+
+    def forget(state: dict) -> None:
         state["w"] = {}
         state["h"].pop(str(int(now // 3600)), None)  # a burst must not raise the usual rate
-        store.set_setting(_key(user), json.dumps(state, separators=(",", ":")))
+        state.pop("f", None)
+
+    _atomic(store, _key(user), forget)
     if not current:
         return False
     store.directory.set_user_setting(user.email, SETTING, None)

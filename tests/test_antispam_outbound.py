@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from email import message_from_bytes
 from email.policy import default
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +122,40 @@ def test_counters_stay_small(store) -> None:  # type: ignore[no-untyped-def]
         record_submission(store, "bob@example.test", [f"m{i}-{j}@far.example" for j in range(50)], limits=limits, now=T0 + i)
     state = json.loads(store.get_setting(f"outbound:{user.uuid}"))
     assert sum(len(v[2]) for v in state["w"].values()) <= 2 * 101
+
+
+def _submit_many(config_path: str, email: str, n: int, go: Any, out: Any) -> None:
+    """In another process: wait for the start signal, then count ``n`` submissions as fast as possible."""
+    from appliance.config import load_config
+    from storage.store import Store
+
+    store = Store.from_config(load_config(Path(config_path)))
+    limits = Limits(messages_per_hour=30, recipients_per_hour=10_000, usual_factor=0)
+    go.wait(60)
+    decisions = [record_submission(store, email, [f"p{i}@far.example"], limits=limits) for i in range(n)]
+    store.close()
+    out.put([(d.frozen, d.newly) for d in decisions])
+
+
+def test_two_processes_share_the_counters_and_freeze_exactly_once(inst, store) -> None:  # type: ignore[no-untyped-def]
+    """mta and panel/imapd are separate processes: their counts add up, and the 31st message freezes, once."""
+    ctx = multiprocessing.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_submit_many, args=(str(inst.config_path), "alice@example.test", 25, go, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        go.set()
+        results = [out.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    decisions = [d for r in results for d in r]
+    assert sum(1 for frozen, _ in decisions if not frozen) == 30  # no count lost or doubled
+    assert sum(1 for _, newly in decisions if newly) == 1  # exactly one process froze it
+    assert counters(store, "alice@example.test")["messages"] == 50
+    assert is_frozen(store, "alice@example.test")
+    assert [e.action for e in store.events.query(kind="security")] == ["outbound.freeze"]
+    assert len(admin_inbox(store)) == 1
