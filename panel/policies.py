@@ -34,27 +34,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from storage.policy import DEFAULTS, KEY, load
+
 from .i18n import _
 
-KEY = "policies"
+__all__ = ["DEFAULTS", "KEY", "LIMITS", "PROFILE_FIELDS", "load", "password_problem", "save", "validate"]
 
-DEFAULTS: dict[str, Any] = {
-    "password_min_length": 10,
-    "password_classes": 2,
-    "admin_totp_required": True,
-    "user_totp_required": False,
-    "app_passwords_allowed": True,
-    "max_message_size": 0,
-    "outbound_per_hour": 0,
-    "log_retention_days": 0,
-    "idle_timeout_minutes": 30,
-    "new_login_alerts": True,
-    "app_passwords_required_with_totp": False,
-    "forwarding_allowed": False,
-    "profile_edit_name": True,
-    "profile_edit_title": False,
-    "profile_edit_phone": True,
-}
 PROFILE_FIELDS = ("name", "title", "phone")
 
 LIMITS: dict[str, tuple[int, int]] = {
@@ -65,20 +50,6 @@ LIMITS: dict[str, tuple[int, int]] = {
     "log_retention_days": (0, 36500),
     "idle_timeout_minutes": (1, 24 * 60),
 }
-
-
-def load(store) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    raw = store.get_setting(KEY)
-    out = dict(DEFAULTS)
-    try:
-        data = json.loads(raw) if raw else {}
-    except ValueError:
-        data = {}
-    if isinstance(data, dict):
-        for k, v in data.items():
-            if k in DEFAULTS and type(v) is type(DEFAULTS[k]):
-                out[k] = v
-    return out
 
 
 def validate(values: dict[str, Any]) -> dict[str, Any]:

@@ -15,9 +15,9 @@ its usual loop checks (a Delivered-To: or X-Loop header naming the user).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
+from . import policy
 from .addresses import normalise_address
 from .errors import InvalidInputError
 from .records import User
@@ -29,11 +29,7 @@ KEY, KEEP_KEY, POLICY_KEY = "forward_to", "forward_keep", "forwarding_allowed"
 
 
 def allowed(store: Store) -> bool:
-    try:
-        policy = json.loads(store.get_setting("policies") or "{}")
-    except ValueError:
-        return False
-    return isinstance(policy, dict) and policy.get(POLICY_KEY) is True
+    return policy.load(store)[POLICY_KEY] is True
 
 
 def target(store: Store, user: User) -> tuple[str | None, bool]:

@@ -11,14 +11,13 @@ events go when their retention ends, like everyone's.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 
 from . import models as m
-from . import vacation
+from . import policy, vacation
 from .events import KINDS
 
 if TYPE_CHECKING:
@@ -30,11 +29,7 @@ BATCH = 5000
 
 def retention_seconds(store: Store, configured: float) -> float:
     """The policy's ``log_retention_days`` if set (> 0), else ``configured`` (log.retention, seconds)."""
-    try:
-        policy = json.loads(store.get_setting("policies") or "{}")
-        days = int(policy.get("log_retention_days") or 0) if isinstance(policy, dict) else 0
-    except (ValueError, TypeError):
-        days = 0
+    days = policy.load(store)["log_retention_days"]
     return days * DAY if days > 0 else float(configured)
 
 
