@@ -237,20 +237,23 @@ def _update(store: Any, email: str, now: float | None, limits: Any, change: Any)
     user = store.directory.get_user(email)
     current = user.settings.get(SETTING)
 
-    def step(state: dict) -> tuple[dict, Reason | None]:
+    def step(state: dict) -> tuple[dict, Reason | None, bool]:
         _prune(state, now)
         change(state, now)
         counts = _window(state)
-        if current or _claimed(state, now):
-            return counts, None
+        if current:
+            return counts, None, False
+        claimed = _claimed(state, now)  # another call is freezing the account right now
         reason = _check(state, counts, lim, now)
-        if reason is not None:
+        if reason is not None and not claimed:
             state["f"] = now  # this call freezes; any other process now sees the claim
-        return counts, reason
+        return counts, reason, claimed
 
-    counts, reason = _atomic(store, _key(user), step)
+    counts, reason, claimed = _atomic(store, _key(user), step)
     if current:
         return FreezeDecision(True, reason=_stored_reason(current), counts=counts)
+    if claimed:
+        return FreezeDecision(True, reason=render(reason), counts=counts)
     if reason is None:
         return FreezeDecision(False, counts=counts)
     freeze(store, user.email, reason, counts=counts, now=now)

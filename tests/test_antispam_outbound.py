@@ -124,38 +124,86 @@ def test_counters_stay_small(store) -> None:  # type: ignore[no-untyped-def]
     assert sum(len(v[2]) for v in state["w"].values()) <= 2 * 101
 
 
-def _submit_many(config_path: str, email: str, n: int, go: Any, out: Any) -> None:
-    """In another process: wait for the start signal, then count ``n`` submissions as fast as possible."""
-    from appliance.config import load_config
+def _open_store(where: str | dict) -> Any:
     from storage.store import Store
 
-    store = Store.from_config(load_config(Path(config_path)))
+    if isinstance(where, dict):  # Store(...) arguments (PostgreSQL)
+        from storage.passwords import Passwords
+
+        return Store(**where, passwords=Passwords(time_cost=1, memory_cost_kib=8192, parallelism=1))
+    from appliance.config import load_config
+
+    return Store.from_config(load_config(Path(where)))
+
+
+def _submit_many(where: str | dict, email: str, n: int, go: Any, out: Any) -> None:
+    """In another process: wait for the start signal, then count ``n`` submissions as fast as possible."""
+    store = _open_store(where)
     limits = Limits(messages_per_hour=30, recipients_per_hour=10_000, usual_factor=0)
+    store.directory.get_user(email)  # warm up (connections, imports) before the race
+    out.put("ready")
     go.wait(60)
     decisions = [record_submission(store, email, [f"p{i}@far.example"], limits=limits) for i in range(n)]
     store.close()
     out.put([(d.frozen, d.newly) for d in decisions])
 
 
-def test_two_processes_share_the_counters_and_freeze_exactly_once(inst, store) -> None:  # type: ignore[no-untyped-def]
-    """mta and panel/imapd are separate processes: their counts add up, and the 31st message freezes, once."""
+def _race(where: str | dict, email: str) -> list[tuple[bool, bool]]:
     ctx = multiprocessing.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_submit_many, args=(str(inst.config_path), "alice@example.test", 25, go, out))
-             for _ in range(2)]
+    procs = [ctx.Process(target=_submit_many, args=(where, email, 25, go, out)) for _ in range(2)]
     for p in procs:
         p.start()
     try:
-        go.set()
+        assert [out.get(timeout=120) for _ in procs] == ["ready", "ready"]
+        go.set()  # both start at once
         results = [out.get(timeout=120) for _ in procs]
     finally:
         for p in procs:
             p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    decisions = [d for r in results for d in r]
+    return [d for r in results for d in r]
+
+
+def test_two_processes_share_the_counters_and_freeze_exactly_once(inst, store) -> None:  # type: ignore[no-untyped-def]
+    """mta and panel/imapd are separate processes: their counts add up, and the 31st message freezes, once."""
+    decisions = _race(str(inst.config_path), "alice@example.test")
     assert sum(1 for frozen, _ in decisions if not frozen) == 30  # no count lost or doubled
     assert sum(1 for _, newly in decisions if newly) == 1  # exactly one process froze it
     assert counters(store, "alice@example.test")["messages"] == 50
     assert is_frozen(store, "alice@example.test")
     assert [e.action for e in store.events.query(kind="security")] == ["outbound.freeze"]
     assert len(admin_inbox(store)) == 1
+
+
+def test_two_processes_on_postgresql(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same race on PostgreSQL (several front ends on one database): the row lock keeps the count exact."""
+    import pgserver
+
+    from storage.crypto import generate_master_key
+
+    if not pgserver.available():
+        pytest.skip("PostgreSQL is not installed")
+    pg = pgserver.PgServer()
+    try:
+        key = tmp_path / "keys" / "master.key"
+        key.parent.mkdir()
+        generate_master_key(key)
+        where = {"database_url": pg.new_database(), "mail_dir": tmp_path / "mail", "keys_dir": tmp_path / "keys",
+                 "master_key_file": key}
+        setup = _open_store({**where, "create_schema": True})
+        try:
+            setup.directory.add_domain("example.test")
+            setup.create_user("dave@example.test")
+        finally:
+            setup.close()
+        decisions = _race(where, "dave@example.test")
+        store = _open_store(where)
+        try:
+            assert sum(1 for frozen, _ in decisions if not frozen) == 30
+            assert sum(1 for _, newly in decisions if newly) == 1
+            assert counters(store, "dave@example.test")["messages"] == 50
+        finally:
+            store.close()
+    finally:
+        pg.stop()
