@@ -260,7 +260,11 @@ class SigningKey:
 
 
 def signature_fields(raw: bytes, keys: list[SigningKey], *, now: float | None = None) -> bytes:
-    """The DKIM-Signature fields (CRLF-terminated) for ``raw`` with each key, to put on top of it."""
+    """The DKIM-Signature fields (CRLF-terminated) for ``raw`` with each key, to put on top of it.
+
+    The h= names are joined with ": " so that folding (at a space, column 72) never splits a
+    field name: RFC 6376 allows FWS around the colons only, and a name broken in two
+    ("c\r\n ontent-transfer-encoding") makes every verifier fail the signature."""
     if not keys:
         return b""
     headers, body = dkim.rfc822_parse(raw)
@@ -276,7 +280,7 @@ def signature_fields(raw: bytes, keys: list[SigningKey], *, now: float | None = 
     for key in keys:
         fields = [
             (b"v", b"1"), (b"a", key.a_tag), (b"c", b"relaxed/relaxed"), (b"d", key.domain.encode()),
-            (b"s", key.selector.encode()), (b"t", stamp), (b"h", b":".join(include)), (b"bh", body_hash),
+            (b"s", key.selector.encode()), (b"t", stamp), (b"h", b": ".join(include)), (b"bh", body_hash),
             (b"b", b""),
         ]
         unsigned = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(b"DKIM-Signature"))

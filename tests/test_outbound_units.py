@@ -122,6 +122,14 @@ def test_dkim_signatures_verify_and_follow_the_from_domain(inst) -> None:  # typ
     assert signer.sign(other) == other  # not our domain: untouched
     assert signer.sign(b"Subject: no from\r\n\r\nbody\r\n") == b"Subject: no from\r\n\r\nbody\r\n"
 
+    # the usual MIME fields of a mail client make h= long enough to fold: it still verifies
+    mime = ("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+            "In-Reply-To: <a@b>\r\nReferences: <a@b>\r\nAuto-Submitted: auto-replied\r\n")
+    signed = signer.sign(message("alice@example.test", "b@x.test", "folded", extra=mime))
+    assert b"\r\n ontent" not in signed
+    d = dkim.DKIM(signed)
+    assert [d.verify(idx=i, dnsfunc=lambda name, timeout=5: keys.get(name)) for i in range(2)] == [True, True]
+
 
 def test_dsn_structure_and_language() -> None:
     original = message("alice@example.test", "b@x.test", "original")
