@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from . import ops_admin as oa
 from . import ops_directory as od
+from . import ops_mail as om
 from . import ops_org as oo
 from .authz import Forbidden, Principal
 from .context import OpError, PanelContext
@@ -296,6 +297,60 @@ def routes(pc: PanelContext) -> list[Route]:
                 "entries": [{"email": u.email, "name": u.name, "title": u.title, "phone": u.phone,
                              "department": b["paths"].get(u.department_id, "") if u.department_id else ""} for u in b["users"]]}
 
+    @api
+    async def dns_check(request: Request, p: Principal) -> Any:
+        name = request.path_params["name"]
+        fresh = request.query_params.get("fresh", "") in ("1", "true", "yes")
+        checks = await od.dns_check(pc, p, name, fresh=fresh)
+        return {"domain": name.lower(), "records": [c.as_dict() for c in checks]}
+
+    # ------------------------------------------------------ queue, quarantine
+    @api
+    async def queue(request: Request, p: Principal) -> Any:
+        q = request.query_params
+        pg = await om.list_queue(pc, p, sender=q.get("sender", ""), rcpt_domain=q.get("domain", ""), state=q.get("state", ""),
+                                 page=_int(q.get("page"), 1) or 1, per_page=_int(q.get("per_page"), om.PER_PAGE) or om.PER_PAGE)
+        return {"total": pg.total, "page": pg.page, "pages": pg.pages, "delivering": pg.delivering, "hold": pg.hold,
+                "unreadable": pg.unreadable, "messages": [i.as_dict() for i in pg.items]}
+
+    @api
+    async def queue_flush(request: Request, p: Principal) -> Any:
+        n, now = await om.flush_queue(pc, p, ip(request))
+        return JSONResponse({"messages": n, "delivering": now})
+
+    @api
+    async def queue_item(request: Request, p: Principal) -> Any:
+        qid = request.path_params["id"]
+        if request.method == "DELETE":
+            return {"id": qid, "deleted": await om.delete_queued(pc, p, ip(request), qid)}
+        return (await om.queue_item(pc, p, qid)).as_dict()
+
+    @api
+    async def queue_retry(request: Request, p: Principal) -> Any:
+        qid = request.path_params["id"]
+        now = await om.retry_queued(pc, p, ip(request), qid)
+        return JSONResponse({"id": qid, "scheduled": True, "delivering": now})
+
+    @api
+    async def quarantine(request: Request, p: Principal) -> Any:
+        q = request.query_params
+        pg = await om.list_quarantine(pc, p, recipient=q.get("recipient", ""), sender=q.get("sender", ""),
+                                      page=_int(q.get("page"), 1) or 1, per_page=_int(q.get("per_page"), om.PER_PAGE) or om.PER_PAGE)
+        return {"total": pg.total, "page": pg.page, "pages": pg.pages, "messages": [i.as_dict() for i in pg.items]}
+
+    @api
+    async def held(request: Request, p: Principal) -> Any:
+        qid = request.path_params["id"]
+        if request.method == "DELETE":
+            await om.delete_held(pc, p, ip(request), qid)
+            return {"removed": qid}
+        return (await om.held_item(pc, p, qid)).as_dict()
+
+    @api
+    async def held_release(request: Request, p: Principal) -> Any:
+        delivered, failed = await om.release_held(pc, p, ip(request), request.path_params["id"])
+        return JSONResponse({"delivered": delivered, "failed": failed}, status_code=200 if delivered else 409)
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
@@ -307,6 +362,7 @@ def routes(pc: PanelContext) -> list[Route]:
         Route(base + "/domains", domains, methods=["GET", "POST"]),
         Route(base + "/domains/{name}", domain, methods=["GET", "DELETE"]),
         Route(base + "/domains/{name}/dkim", dkim, methods=["POST"]),
+        Route(base + "/domains/{name}/dns-check", dns_check),
         Route(base + "/users", users, methods=["GET", "POST"]),
         Route(base + "/users/import", user_import, methods=["POST"]),
         Route(base + "/users/export", user_export),
@@ -325,4 +381,11 @@ def routes(pc: PanelContext) -> list[Route]:
         Route(base + "/policies", policies, methods=["GET", "PUT"]),
         Route(base + "/logs", logs),
         Route(base + "/addressbook", addressbook),
+        Route(base + "/queue", queue),
+        Route(base + "/queue/flush", queue_flush, methods=["POST"]),
+        Route(base + "/queue/{id}", queue_item, methods=["GET", "DELETE"]),
+        Route(base + "/queue/{id}/retry", queue_retry, methods=["POST"]),
+        Route(base + "/quarantine", quarantine),
+        Route(base + "/quarantine/{id}", held, methods=["GET", "DELETE"]),
+        Route(base + "/quarantine/{id}/release", held_release, methods=["POST"]),
     ]

@@ -13,7 +13,7 @@ from starlette.staticfiles import StaticFiles
 from storage.crypto import hmac_key, load_master_key
 from storage.webadmin import WebAdmin
 
-from . import api, views_admin, views_auth, views_dir, views_org, views_self
+from . import api, views_admin, views_auth, views_dir, views_mail, views_org, views_self
 from .context import PanelContext
 from .web import LanguageAndHeaders, Pages
 
@@ -40,6 +40,7 @@ def create_app(pc: PanelContext) -> Starlette:
         *views_dir.routes(pages),
         *views_org.routes(pages),
         *views_admin.routes(pages),
+        *views_mail.routes(pages),
         *views_self.routes(pages),
     ]
     app = Starlette(routes=routes)

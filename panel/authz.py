@@ -9,8 +9,10 @@ Roles (``storage.directory.ADMIN_ROLES``):
 - super: everything.
 - auditor: reads everything (logs included), changes nothing.
 - domain: everything inside its domain (users, departments, groups,
-  aliases, DKIM); nothing global (domains list, policies, admins).
-- department: users and departments of its department subtree, read access
+  aliases, DKIM, queued mail from its senders, quarantined mail for its
+  recipients); nothing global (domains list, policies, admins).
+- department: users and departments of its department subtree (and the
+  queued mail they send, the quarantined mail sent to them), read access
   to its domain's address book and to the logs of its users. A department is
   changed through its parent: renaming, moving or deleting department D needs
   write access to D's parent, so a department admin cannot remove the root
@@ -44,6 +46,8 @@ LOGS = "logs"
 DASHBOARD = "dashboard"
 TOKEN = "token"  # the principal's own tokens
 SELF = "self"  # one user's own account: profile, password, two-step verification, app passwords, data
+QUEUE = "queue"  # one outbound message: domain and department of its sender (None: not a local user)
+QUARANTINE = "quarantine"  # one held message, per recipient: that recipient's domain and department
 
 
 class Forbidden(Exception):
@@ -112,7 +116,7 @@ def _allows(g: Grant, action: str, t: Target) -> bool:
     if g.role == "department":
         if t.kind == ADDRESSBOOK:
             return action == READ
-        if t.kind in (USER, DEPARTMENT):
+        if t.kind in (USER, DEPARTMENT, QUEUE, QUARANTINE):
             return t.department_id is not None and t.department_id in g.subtree
     return False
 

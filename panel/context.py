@@ -60,6 +60,16 @@ class PanelContext:
     def keys_dir(self) -> Path:
         return Path(self.cfg.storage.keys_dir)
 
+    @property
+    def dns_checker(self) -> Any:
+        """The process's ``panel.dnscheck.DnsChecker`` (made on first use)."""
+        checker = self.extra.get("dns_checker")
+        if checker is None:
+            from .dnscheck import DnsChecker
+
+            checker = self.extra["dns_checker"] = DnsChecker.from_config(self.cfg)
+        return checker
+
     async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         try:
             return await run_in_threadpool(functools.partial(fn, *args, **kw))

@@ -47,7 +47,26 @@ OPERATIONS: list[tuple[str, str, str, list[str], dict[str, str] | None]] = [
     ("put", "/policies", "Change policies (keys as returned by GET)", [], {}),
     ("get", "/logs", "Events newest first; kind signins, admin, delivery or security", ["kind", "user", "result", "since", "until", "before", "limit"], None),
     ("get", "/addressbook", "The corporate address book", ["domain", "q", "page"], None),
+    ("get", "/domains/{name}/dns-check", "Live DNS status of each record to publish: ok, missing, different "
+     "(with what was found), no-answer or checking; answers are cached a minute, fresh=1 asks again", ["fresh"], None),
+    ("get", "/queue", "Outbound queue in the token's scope (by sender), oldest first; state is pending, deferred, "
+     "failed, sent or held", ["sender", "domain", "state", "page", "per_page"], None),
+    ("post", "/queue/flush", "Retry every queued message in the token's scope now", [], None),
+    ("get", "/queue/{id}", "One queued message: envelope, each recipient's state, attempts, last error, next try "
+     "(header fields for super admins; never the body)", [], None),
+    ("delete", "/queue/{id}", "Drop a queued message without delivering or bouncing it", [], None),
+    ("post", "/queue/{id}/retry", "Try to deliver a queued message now", [], None),
+    ("get", "/quarantine", "Quarantined spam in the token's scope (by recipient), newest first",
+     ["recipient", "sender", "page", "per_page"], None),
+    ("get", "/quarantine/{id}", "One quarantined message: recipients, sender, subject, score, symbols, dates", [], None),
+    ("delete", "/quarantine/{id}", "Erase a quarantined message", [], None),
+    ("post", "/quarantine/{id}/release", "Deliver a quarantined message to its recipients' Inbox; 409 if none could "
+     "take it", [], None),
 ]
+
+
+# POST operations that act on something that exists (200), not create something (201)
+ACTIONS = {"/queue/flush", "/queue/{id}/retry", "/quarantine/{id}/release"}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -63,7 +82,7 @@ def openapi_document() -> dict[str, Any]:
             "operationId": method + path.replace("/", "_").replace("{", "").replace("}", ""),
             "parameters": params,
             "responses": {
-                "200" if method != "post" else "201": {"description": "OK", "content": {"application/json": {}}},
+                "201" if method == "post" and path not in ACTIONS else "200": {"description": "OK", "content": {"application/json": {}}},
                 "400": {"$ref": "#/components/responses/Error"},
                 "401": {"$ref": "#/components/responses/Error"},
                 "403": {"$ref": "#/components/responses/Error"},

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from appliance import licence_hook
+from storage.errors import StoreError
 from storage.records import Event
 
-from . import policies
+from . import ops_mail, policies
 from .authz import (
     DASHBOARD,
     READ,
@@ -226,6 +227,14 @@ async def _probe(host: str, port: int) -> bool:
     return True
 
 
+def _count(fn: Any, pc: PanelContext, p: Principal) -> int | None:
+    """A dashboard figure that must not take the dashboard down (None: could not be read)."""
+    try:
+        return fn(pc, p)
+    except (StoreError, OSError, ValueError):
+        return None
+
+
 async def dashboard(pc: PanelContext, p: Principal) -> dict[str, Any]:
     authorize(p, READ, Target(DASHBOARD))
     listeners = list(pc.cfg.listeners.values())
@@ -262,6 +271,8 @@ async def dashboard(pc: PanelContext, p: Principal) -> dict[str, Any]:
                 "aliases": len(d.list_aliases(dom)) if can_groups else 0,
                 "departments": len(ids) if ids is not None else len(d.list_departments(dom)),
             }
+        counts["queue"] = _count(ops_mail.queue_count, pc, p)
+        counts["quarantine"] = _count(ops_mail.quarantine_count, pc, p)
         scope = log_scope(p, lambda ids: [u.email for u in d.list_users(department_ids=ids, limit=None)])
         recent = pc.web.search_events(kinds=("login", "security"), limit=200, **scope)
         security = [e for e in recent if e.kind == "security" or e.result != "ok"][:10]

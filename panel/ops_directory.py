@@ -128,6 +128,19 @@ async def domain_detail(pc: PanelContext, p: Principal, name: str) -> dict[str, 
     return await pc.run(work)
 
 
+async def dns_check(pc: PanelContext, p: Principal, name: str, *, fresh: bool = False) -> list[Any]:
+    """The live DNS status of each record ``domain_detail`` lists (``panel.dnscheck``): bounded, cached."""
+    name = _domain(name)
+    authorize(p, READ, Target(DOMAIN, name))
+
+    def work() -> list[Any]:
+        d = pc.store.directory.get_domain(name)
+        return dns.records(d.name, pc.hostname, dns.list_keys(pc.keys_dir, d.name), list(pc.cfg.listeners))
+
+    records = await pc.run(work)
+    return await pc.dns_checker.check(records, fresh=fresh)
+
+
 async def add_dkim_key(pc: PanelContext, p: Principal, ip: str | None, name: str, selector: str, algorithm: str) -> dict:
     name = _domain(name)
     authorize(p, WRITE, Target(DOMAIN, name))

@@ -44,6 +44,9 @@ def routes(pages: Pages) -> list[Route]:
         if ctx.request.method == "POST":
             action = form_str(ctx, "action")
             try:
+                if action == "dnscheck":
+                    await od.dns_check(pc, p, name, fresh=True)
+                    return redirect(ctx, f"/domains/{name}#dns")
                 if action == "dkim":
                     await od.add_dkim_key(pc, p, ctx.ip, name, form_str(ctx, "selector"), form_str(ctx, "algorithm"))
                     return redirect(ctx, f"/domains/{name}", _("New DKIM key created; publish its record."))
@@ -54,8 +57,9 @@ def routes(pages: Pages) -> list[Route]:
                 return redirect(ctx, f"/domains/{name}", str(exc), "error")
             return redirect(ctx, f"/domains/{name}")
         d = await od.domain_detail(pc, p, name)
+        checks = await od.dns_check(pc, p, name)
         confirm = ctx.request.query_params.get("remove") == "1"
-        return pages.render(ctx, "domain.html", d=d, confirm=confirm, can_remove=ctx.can(WRITE, Target(SYSTEM)),
+        return pages.render(ctx, "domain.html", d=d, checks=checks, confirm=confirm, can_remove=ctx.can(WRITE, Target(SYSTEM)),
                             can_write=ctx.can(WRITE, Target("domain", d["name"])))
 
     # -------------------------------------------------------------- users

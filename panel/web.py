@@ -143,6 +143,7 @@ class Renderer:
                         ("/addressbook", _("Address book"))]
             if allowed(p, READ, Target("group", first)) or p.sees_everything:
                 nav += [("/groups", _("Groups")), ("/aliases", _("Aliases"))]
+            nav += [("/queue", _("Mail queue")), ("/quarantine", _("Quarantine"))]
             if allowed(p, READ, Target(SYSTEM)):
                 nav += [("/admins", _("Admins")), ("/policies", _("Policies"))]
             nav += [("/logs", _("Logs")), ("/tokens", _("API tokens")), ("/me", _("My account"))]

@@ -24,7 +24,8 @@ from tests.conftest import ROOT, Server, create_test_instance
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts" / "panel"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
-DOC_PAGES = {"login", "enrol", "dashboard", "users", "user", "import-errors", "org", "domain", "logs", "dashboard-zh"}
+DOC_PAGES = {"login", "enrol", "dashboard", "users", "user", "import-errors", "org", "domain", "logs", "dashboard-zh",
+             "queue", "queue-item", "quarantine", "held", "domain-dns", "queue-zh"}
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DEPT_ADMIN = "carol@example.test"
@@ -130,6 +131,7 @@ def sign_in(page, base: str, email: str, password: str, *, enrol: bool = False, 
         page.wait_for_url(re.compile(r"/login/enrol"))
         secret = page.inner_text("#secret").replace(" ", "")
         TOTP[email] = secret
+        TOTP.pop(email + ":last", None)  # a new secret (another test module's instance had its own)
         if check_shots:
             shot(page, "enrol")
         page.fill("#code", code_for(email))

@@ -18,6 +18,8 @@ from panel.authz import (
     DOMAIN,
     GROUP,
     LOGS,
+    QUARANTINE,
+    QUEUE,
     READ,
     SYSTEM,
     TOKEN,
@@ -116,6 +118,15 @@ DEPT = Principal("dep@a.test", 4, (Grant("department", "a.test", 10, frozenset({
         (DEPT, READ, Target(LOGS), True),
         (DEPT, WRITE, Target(TOKEN), True),
         (None, READ, Target(LOGS), False),
+        (DOMAIN_A, WRITE, Target(QUEUE, "a.test", None), True),  # any sender of its domain
+        (DOMAIN_A, READ, Target(QUEUE, "b.test", None), False),
+        (DOMAIN_A, READ, Target(QUEUE, None, None), False),  # bounces (null sender): super admins and auditors
+        (DEPT, WRITE, Target(QUEUE, "a.test", 12), True),
+        (DEPT, READ, Target(QUEUE, "a.test", None), False),  # a sender outside any department
+        (DEPT, WRITE, Target(QUARANTINE, "a.test", 11), True),
+        (DEPT, READ, Target(QUARANTINE, "a.test", 13), False),
+        (AUDITOR, READ, Target(QUARANTINE, "b.test", 1), True),
+        (AUDITOR, WRITE, Target(QUEUE, "b.test", 1), False),
     ],
 )
 def test_authorize(who, action, target, expected) -> None:  # type: ignore[no-untyped-def]
@@ -326,3 +337,135 @@ def test_service_serves_https_and_stops(tmp_path) -> None:  # type: ignore[no-un
         asyncio.run(main())
     finally:
         store.close()
+
+
+# ------------------------------------------------------- live DNS of a domain page
+def test_dns_checker_statuses_cache_and_time_bound() -> None:
+    import socket
+
+    from dnsserver import FakeDNS
+
+    from installer.dnsrecords import DnsRecord
+    from panel.dnscheck import DnsChecker
+
+    recs = [
+        DnsRecord("a.test.", "MX", "10 mail.a.test.", "MX"),
+        DnsRecord("a.test.", "TXT", '"v=spf1 mx -all"', "SPF"),
+        DnsRecord("s1._domainkey.a.test.", "TXT", '"v=DKIM1; k=ed25519; p=AAAA"', "DKIM (ed25519)"),
+        DnsRecord("_mta-sts.a.test.", "TXT", '"v=STSv1; id=1"', "MTA-STS", required=False),
+        DnsRecord("mail.a.test.", "A", "<public IPv4 address of this server>", "A"),
+        DnsRecord("autoconfig.a.test.", "CNAME", "mail.a.test.", "autoconfig (Thunderbird)", required=False),
+    ]
+    fake = FakeDNS()
+    fake.set("a.test", "MX", "10 mail.a.test.")
+    fake.set("a.test", "TXT", "v=spf1 mx -all")
+    fake.set("_mta-sts.a.test", "TXT", "v=STSv0; id=9")
+    fake.set("mail.a.test", "A", "192.0.2.7")
+    checker = DnsChecker(["127.0.0.1"], fake.port, 2)
+    try:
+        got = {c.purpose: c for c in asyncio.run(checker.check(recs))}
+        assert got["MX"].status == "ok" and got["SPF"].status == "ok"
+        assert got["DKIM (ed25519)"].status == "missing" and got["DKIM (ed25519)"].found == ()
+        assert got["MTA-STS"].status == "different" and got["MTA-STS"].found == ("v=STSv0; id=9",)
+        assert got["A"].status == "ok" and got["A"].found == ("192.0.2.7",)  # the public address is the admin's call
+        assert got["autoconfig (Thunderbird)"].status == "missing"
+        asked = len(fake.queries)
+        fake.set("s1._domainkey.a.test", "TXT", "v=DKIM1; k=ed25519; p=AAAA")
+        again = {c.purpose: c for c in asyncio.run(checker.check(recs))}
+        assert len(fake.queries) == asked and again["DKIM (ed25519)"].status == "missing"  # cached
+        fresh = {c.purpose: c for c in asyncio.run(checker.check(recs, fresh=True))}
+        assert len(fake.queries) > asked and fresh["DKIM (ed25519)"].status == "ok"
+    finally:
+        checker.close()
+        fake.close()
+    # a resolver that never answers: the page gets "checking" after the wait, then "no-answer" from the cache
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        checker = DnsChecker(["127.0.0.1"], silent.getsockname()[1], 0.5)
+        try:
+            t0 = time.monotonic()
+            first = asyncio.run(checker.check(recs[:2], wait=0.2))
+            assert time.monotonic() - t0 < 1.5 and {c.status for c in first} == {"checking"}
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                later = asyncio.run(checker.check(recs[:2], wait=2))
+                if {c.status for c in later} != {"checking"}:
+                    break
+            assert {c.status for c in later} == {"no-answer"}
+        finally:
+            checker.close()
+
+
+# ---------------------------------------------------- queue and quarantine scopes
+def test_queue_and_quarantine_follow_admin_scopes(panel_app) -> None:  # type: ignore[no-untyped-def]
+    """Messages put where the MTA puts them (OutboundQueue.enqueue, Quarantine.hold); each admin sees its part."""
+    from antispam.layout import Layout
+    from antispam.quarantine import Quarantine
+    from mta.queue import OutboundQueue
+    from panel import ops_mail as om
+    from panel.authz import Forbidden
+    from panel.context import OpError
+
+    inst, store, pc, app = panel_app
+    d = store.directory
+    d.add_domain("b.test")
+    sales = d.add_department("example.test", "Sales")
+    east = d.add_department("example.test", "East", sales.id)
+    store.create_user("sam@example.test", password="Sam-Passw0rd-123", department_id=east.id)
+    store.create_user("olga@b.test", password="Olga-Passw0rd-123")
+    queue = OutboundQueue(store, inst.path / "queue", fsync=False)
+    mail = b"From: x\r\nSubject: hi\r\n\r\nbody\r\n"
+    ids = {s: queue.enqueue(s, [f"to-{i}@remote.example"], mail) for i, s in
+           enumerate(["sam@example.test", "alice@example.test", "olga@b.test", ""])}
+    q = Quarantine(store, Layout.from_config(pc.cfg).quarantine)
+    both = q.hold(mail, sender="spam@x.example", recipients=["sam@example.test", "olga@b.test"], days=3, score=20.0,
+                  symbols=[("GTUBE", 15.0)])
+    only_b = q.hold(mail, sender="spam@x.example", recipients=["olga@b.test"], days=3, score=20.0)
+
+    dom = Principal("da@example.test", 90, (Grant("domain", "example.test"),))
+    dep = Principal("dep@example.test", 91, (Grant("department", "example.test", sales.id, frozenset({sales.id, east.id})),))
+    aud = Principal("aud@example.test", 92, (Grant("auditor"),))
+    sup = Principal("admin@example.test", 93, (Grant("super"),))
+
+    def senders(p: Principal, **kw) -> set[str]:  # type: ignore[no-untyped-def]
+        return {i.sender for i in asyncio.run(om.list_queue(pc, p, **kw)).items}
+
+    assert senders(sup) == {"sam@example.test", "alice@example.test", "olga@b.test", ""}
+    assert senders(dom) == {"sam@example.test", "alice@example.test"}
+    assert senders(dep) == {"sam@example.test"}
+    assert senders(sup, sender="OLGA") == {"olga@b.test"}
+    assert senders(sup, rcpt_domain="nowhere.example") == set()
+    assert senders(sup, state="pending") == senders(sup) and senders(sup, state="held") == set()
+    with pytest.raises(OpError):
+        asyncio.run(om.list_queue(pc, sup, state="bogus"))
+    with pytest.raises(Forbidden):
+        asyncio.run(om.retry_queued(pc, dep, "127.0.0.1", ids["alice@example.test"]))
+    with pytest.raises(Forbidden):
+        asyncio.run(om.retry_queued(pc, aud, "127.0.0.1", ids["sam@example.test"]))
+    assert asyncio.run(om.queue_item(pc, aud, ids["olga@b.test"])).headers == {}  # headers: super admins only
+    assert asyncio.run(om.queue_item(pc, sup, ids["olga@b.test"])).headers["subject"] == ["hi"]
+    assert asyncio.run(om.delete_queued(pc, dep, "192.0.2.1", ids["sam@example.test"])) is True
+    assert not queue.exists(ids["sam@example.test"])
+    with pytest.raises(Forbidden):
+        asyncio.run(om.flush_queue(pc, aud, None))
+    n, _now = asyncio.run(om.flush_queue(pc, dom, None))
+    assert n == 1 and (queue.kick_dir / ids["alice@example.test"]).exists() and not (queue.kick_dir / "all").exists()
+
+    def held(p: Principal) -> dict[str, om.HeldItem]:
+        return {i.id: i for i in asyncio.run(om.list_quarantine(pc, p)).items}
+
+    assert set(held(sup)) == {both, only_b}
+    mine = held(dep)
+    assert set(mine) == {both} and mine[both].recipients == ["sam@example.test"]  # not olga: outside its scope
+    assert mine[both].can_write is False and mine[both].symbols == [("GTUBE", 15.0)]
+    with pytest.raises(Forbidden):
+        asyncio.run(om.release_held(pc, dom, None, both))  # olga@b.test is not its to release
+    with pytest.raises(Forbidden):
+        asyncio.run(om.held_item(pc, dom, only_b))
+    delivered, failed = asyncio.run(om.release_held(pc, sup, "192.0.2.9", both))
+    assert sorted(delivered) == ["olga@b.test", "sam@example.test"] and not failed
+    assert set(held(sup)) == {only_b}
+    events = pc.web.search_events(kinds=("admin",), limit=10)
+    acts = {(e.action, e.subject, e.ip) for e in events}
+    assert ("quarantine.release", both, "192.0.2.9") in acts and ("queue.delete", ids["sam@example.test"], "192.0.2.1") in acts
+    assert any(e.action == "queue.flush" and e.actor == "da@example.test" for e in events)
