@@ -27,6 +27,8 @@ class Connection(Protocol):
         self.user: Any = None
         self.client_id: str | None = None
         self.user_claimed = False
+        self.credential: str | None = None  # what the login proved (see guard)
+        self.auth_epoch = 0
         self.last_activity = time.monotonic()
         self.last_keepalive = self.last_activity
         self.closing = False
@@ -59,6 +61,8 @@ class Connection(Protocol):
         if self.registered:
             self.shared.registry.remove(self, self.ip, self.user.id if self.user_claimed and self.user else None)
             self.registered = False
+        if self.user_claimed and self.shared.guard is not None:
+            self.shared.guard.remove(self)
         self.cleanup()
 
     def greet(self) -> None:
@@ -75,6 +79,13 @@ class Connection(Protocol):
 
     def keepalive(self) -> None:
         pass
+
+    def revoke(self, reason: str) -> None:
+        """The credentials this session logged in with no longer hold (see ``guard``): end it, saying why."""
+        self.close(self.revoked_text(reason))
+
+    def revoked_text(self, reason: str) -> bytes:
+        raise NotImplementedError
 
     def bye_text(self, text: str) -> bytes:
         raise NotImplementedError

@@ -30,6 +30,7 @@ from .cmd_auth import AuthCommands
 from .cmd_mailbox import MailboxCommands
 from .cmd_message import MessageCommands
 from .conn import Connection
+from .login import REVOKED_TEXT
 from .parser import Args, ParseError, split_tag, tokenize
 from .replies import Reply, store_error
 from .selected import MailboxGone, Selected, read_changes
@@ -96,6 +97,10 @@ class ImapConnection(AuthCommands, MailboxCommands, MessageCommands, Connection)
 
     def bye_text(self, text: str) -> bytes:
         return b"* BYE " + text.encode() + b"\r\n"
+
+    def revoked_text(self, reason: str) -> bytes:
+        code, text = REVOKED_TEXT.get(reason, REVOKED_TEXT["ended"])
+        return b"* BYE " + (f"[{code}] " if code else "").encode() + text.encode() + b"\r\n"
 
     def keepalive(self) -> None:
         self.last_keepalive = time.monotonic()

@@ -47,6 +47,10 @@ async def login(conn: Any, protocol: str, username: str, secret: str) -> LoginRe
         return LoginResult(None, "limit")
     conn.user = user
     conn.user_claimed = True
+    conn.credential = outcome.credential
+    conn.auth_epoch = outcome.epoch
+    if shared.guard is not None:
+        shared.guard.add(conn)
     return LoginResult(user, "ok")
 
 
@@ -74,6 +78,16 @@ def b64_text(data: bytes) -> str | None:
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
 
+
+#: why a logged-in session was ended (``Connection.revoke``): (IMAP response code, text)
+REVOKED_TEXT = {
+    "password_changed": ("EXPIRED", "The password of this account was changed; log in with the new one"),
+    "app_password_revoked": ("EXPIRED", "The app password of this session was revoked"),
+    "app_password_required": ("EXPIRED", "This account now requires an app password"),
+    "disabled": ("CONTACTADMIN", "This account is disabled; contact your administrator"),
+    "deleted": ("CONTACTADMIN", "This account no longer exists"),
+    "ended": ("", "Your sessions were ended from the security settings; log in again"),
+}
 
 FAILURE_TEXT = {
     "locked": "Too many failed logins for this account; try again later",

@@ -19,7 +19,7 @@ from typing import Any
 from storage.errors import StoreError
 
 from .conn import Connection
-from .login import FAILURE_TEXT, decode_plain, login
+from .login import FAILURE_TEXT, REVOKED_TEXT, decode_plain, login
 
 log = logging.getLogger("imapd.pop3")
 
@@ -54,6 +54,10 @@ class Pop3Connection(Connection):
 
     def bye_text(self, text: str) -> bytes:
         return b"-ERR " + text.encode() + b"\r\n"
+
+    def revoked_text(self, reason: str) -> bytes:
+        code = b"[SYS/PERM] " if reason in ("disabled", "deleted") else b"[AUTH] "
+        return b"-ERR " + code + REVOKED_TEXT.get(reason, REVOKED_TEXT["ended"])[1].encode() + b"\r\n"
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.last_activity = time.monotonic()

@@ -26,6 +26,7 @@ from typing import Any
 from appliance.config import ConfigError
 
 from .conn import ConnectionFactory
+from .guard import SessionGuard
 from .imap import ImapConnection
 from .pop3 import Pop3Connection
 from .shared import Limits, Registry, Shared
@@ -77,6 +78,7 @@ class ImapService:
                 for conn in list(registry.conns):
                     conn.transport.abortConnection()
         await self.shared.watcher.close()
+        await self.shared.guard.close()
         if self.learner is not None:
             await detach_learning(self.shared.store, self.learner)
             self.learner = None
@@ -143,6 +145,7 @@ async def start(ctx: Any) -> ImapService | None:
     shared = Shared(store=ctx.store, executor=ctx.executor, loop=loop, limits=limits,
                     hostname=ctx.cfg.instance.hostname, tls_options=tls_options, registry=registry)
     shared.watcher = Watcher(ctx.store, ctx.executor, loop)
+    shared.guard = SessionGuard(ctx.store, ctx.executor, loop)
     shared.inline_reads = ctx.store.engine.dialect.name == "sqlite"
     ports: list[Any] = []
     endpoints: list[str] = []

@@ -92,6 +92,7 @@ class Shared:
     tls_options: Any  # twisted CertificateOptions or None
     registry: Registry
     watcher: Any = None
+    guard: Any = None  # guard.SessionGuard: ends sessions whose credentials were revoked
     msg_cache: MessageCache = field(default_factory=MessageCache)
     views: Views = field(default_factory=Views)
     texts: TextCache = field(default_factory=TextCache)

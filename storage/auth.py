@@ -8,10 +8,21 @@ and an admin can clear it (``unlock``). A locked account answers
 ``reason="locked"`` (even to the right password) until the window passes or
 an admin unlocks it. A success goes through ``security.note_login`` (the
 new-place alert) before it is logged.
+
+Revocation. A success names the credential it used (``AuthOutcome.credential``:
+the password as it was, or one app password) and the user's credential
+epoch read in the same row as the password hash. Every change that can make
+a login invalid bumps the epoch (``Directory.bump_epoch_in``: password set,
+app password revoked, account disabled, app passwords required, sessions
+ended) or deletes the row. A service holding long sessions polls
+``Directory.auth_epochs`` for its users and, when one moved, asks
+``session_check`` whether each session may go on.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +38,9 @@ from .records import User
 
 if TYPE_CHECKING:
     from .store import Store
+
+#: protocols on which ``require_app_password`` refuses the account password
+APP_PASSWORD_PROTOCOLS = ("imap", "pop3", "smtp")
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,10 @@ class AuthOutcome:
     reason: str  # ok, bad_credentials, locked, ip_blocked, disabled, invalid
     delay: float = 0.0
     via_app_password: str | None = None
+    #: what the login proved: "password:<fingerprint of the hash>" or "app:<app password id>"
+    credential: str | None = None
+    #: the user's credential epoch when the credential was read (see ``session_check``)
+    epoch: int = 0
 
     @property
     def temporary(self) -> bool:
@@ -99,17 +117,21 @@ class Authenticator:
         if email and self.account_locked(email):
             self._s.events.login(name, protocol=protocol, ip=ip, client=client, result="blocked", detail={"reason": "account"})
             return AuthOutcome(False, None, "locked", self.settings.failure_delay)
-        user = self._s.directory.find_user(email) if email else None
+        found = self._s.directory.find_user_for_login(email) if email else None
+        user, epoch = found if found is not None else (None, 0)
         app_name = None
+        credential = None
         ok = False
         if user is None:
             self._s.passwords.burn()
         elif looks_like_app_password(secret):
-            app_name = self._check_app_password(user, secret, ip)
-            ok = app_name is not None
+            app = self._check_app_password(user, secret, ip)
+            if app is not None:
+                ok, credential, app_name = True, f"app:{app[0]}", app[1]
         if user is not None and not ok and app_name is None:
-            if not (user.settings.get("require_app_password") and protocol in ("imap", "pop3", "smtp")):
+            if not (user.settings.get("require_app_password") and protocol in APP_PASSWORD_PROTOCOLS):
                 ok = self._s.passwords.verify(user.uuid, user.password_hash, secret)
+                credential = "password:" + password_fingerprint(user.password_hash)
         if ok and user is not None and not user.active:
             self._s.events.login(name, protocol=protocol, ip=ip, client=client, result="disabled")
             return AuthOutcome(False, user, "disabled", self.settings.failure_delay)
@@ -119,9 +141,37 @@ class Authenticator:
         detail = {"app_password": app_name} if app_name else None
         security.note_login(self._s, user, protocol=protocol, ip=ip, client=client)
         self._s.events.login(name, protocol=protocol, ip=ip, client=client, result="ok", detail=detail)
-        return AuthOutcome(True, user, "ok", 0.0, app_name)
+        return AuthOutcome(True, user, "ok", 0.0, app_name, credential, epoch)
 
-    def _check_app_password(self, user: User, code: str, ip: str | None) -> str | None:
+    def session_check(self, user_id: int, credential: str | None, epoch: int, *, protocol: str) -> str | None:
+        """Blocking. None if a session that logged in with ``credential`` at ``epoch`` may go on, else why not.
+
+        The reasons: ``deleted``, ``disabled``, ``ended`` (all sessions were
+        ended, e.g. "this wasn't me"), ``password_changed``,
+        ``app_password_revoked``, ``app_password_required``.
+        """
+        u = m.users.c
+        with self._s.read() as c:
+            row = c.execute(select(u.password_hash, u.state, u.settings, u.sessions_epoch).where(u.id == user_id)).first()
+            if row is None:
+                return "deleted"
+            if row.state != "active":
+                return "disabled"
+            if epoch < int(row.sessions_epoch):
+                return "ended"
+            kind, _, ref = (credential or "").partition(":")
+            if kind == "app":
+                a = m.app_passwords.c
+                alive = ref.isdigit() and c.execute(select(a.id).where(a.id == int(ref), a.user_id == user_id)).first()
+                return None if alive else "app_password_revoked"
+        if kind != "password" or ref != password_fingerprint(row.password_hash):
+            return "password_changed"
+        settings = json.loads(row.settings or "{}")
+        if settings.get("require_app_password") and protocol in APP_PASSWORD_PROTOCOLS:
+            return "app_password_required"
+        return None
+
+    def _check_app_password(self, user: User, code: str, ip: str | None) -> tuple[int, str] | None:
         digest = app_password_digest(self._s.app_password_key, code)
         with self._s.read() as c:
             row = c.execute(
@@ -133,4 +183,9 @@ class Authenticator:
             return None
         with self._s.write() as c:
             c.execute(update(m.app_passwords).where(m.app_passwords.c.id == row.id).values(last_used=time.time(), last_ip=ip))
-        return row.name
+        return int(row.id), row.name
+
+
+def password_fingerprint(password_hash: str | None) -> str:
+    """A short digest of a stored hash: tells whether the password changed, without keeping the hash."""
+    return hashlib.sha256((password_hash or "").encode()).hexdigest()[:24]

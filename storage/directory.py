@@ -49,6 +49,14 @@ def _user(row) -> User:  # type: ignore[no-untyped-def]
     )
 
 
+#: user settings that decide whether a logged-in session may go on (a change re-checks sessions)
+AUTH_SETTINGS = ("require_app_password",)
+
+
+def _auth_settings_changed(before: dict, after: dict) -> bool:
+    return any(bool(before.get(k)) != bool(after.get(k)) for k in AUTH_SETTINGS)
+
+
 class Directory:
     def __init__(self, store: Store) -> None:
         self._s = store
@@ -187,6 +195,48 @@ class Directory:
         except (NotFoundError, InvalidInputError):
             return None
 
+    def find_user_for_login(self, email: str) -> tuple[User, int] | None:
+        """The user and its credential epoch, read together (one row): see ``Authenticator.session_check``."""
+        try:
+            email = normalise_address(email)
+        except InvalidInputError:
+            return None
+        with self._s.read() as c:
+            row = c.execute(select(m.users).where(m.users.c.email == email)).first()
+        return None if row is None else (_user(row), int(row.auth_epoch))
+
+    # ------------------------------------------------------ credential epochs
+    def auth_epochs(self, user_ids: Iterable[int]) -> dict[int, int]:
+        """{user id: credential epoch} for the users that still exist (a deleted user is missing)."""
+        ids = sorted(set(user_ids))
+        out: dict[int, int] = {}
+        for k in range(0, len(ids), 500):
+            with self._s.read() as c:
+                rows = c.execute(select(m.users.c.id, m.users.c.auth_epoch).where(m.users.c.id.in_(ids[k:k + 500]))).all()
+            out.update((r.id, int(r.auth_epoch)) for r in rows)
+        return out
+
+    def bump_auth_epoch(self, user_id: int, *, end_sessions: bool = False) -> int:
+        """Say that the user's logged-in sessions must be checked again; ``end_sessions`` ends them all.
+
+        Returns the new epoch. Every protocol service polls the epochs of
+        the users it serves and re-checks (or ends) their sessions.
+        """
+        with self._s.write() as c:
+            self.bump_epoch_in(c, user_id, end_sessions=end_sessions)
+            epoch = c.execute(select(m.users.c.auth_epoch).where(m.users.c.id == user_id)).scalar()
+        if epoch is None:
+            raise NotFoundError("no such user id: {user_id}", user_id=user_id)
+        self._s.credentials_changed(user_id)
+        return int(epoch)
+
+    @staticmethod
+    def bump_epoch_in(c, user_id: int, *, end_sessions: bool = False) -> None:  # type: ignore[no-untyped-def]
+        values: dict = {"auth_epoch": m.users.c.auth_epoch + 1}
+        if end_sessions:
+            values["sessions_epoch"] = m.users.c.auth_epoch + 1
+        c.execute(update(m.users).where(m.users.c.id == user_id).values(**values))
+
     def get_user_by_id(self, user_id: int) -> User:
         with self._s.read() as c:
             row = c.execute(select(m.users).where(m.users.c.id == user_id)).first()
@@ -245,6 +295,11 @@ class Directory:
             if fields.get("department_id") is not None:
                 self._check_department(c, int(fields["department_id"]), self._domain_id(c, user.domain))  # type: ignore[arg-type]
             c.execute(update(m.users).where(m.users.c.id == user.id).values(updated=time.time(), **fields))
+            state_changed = "state" in fields and fields["state"] != user.state
+            if state_changed:
+                self.bump_epoch_in(c, user.id)  # a disabled account's sessions end
+        if state_changed:
+            self._s.credentials_changed(user.id)
         return self.get_user(email)
 
     def set_user_setting(self, email: str, key: str, value: object) -> User:
@@ -254,8 +309,13 @@ class Directory:
             settings.pop(key, None)
         else:
             settings[key] = value
+        changed = _auth_settings_changed(user.settings, settings)
         with self._s.write() as c:
             c.execute(update(m.users).where(m.users.c.id == user.id).values(settings=json.dumps(settings)))
+            if changed:
+                self.bump_epoch_in(c, user.id)
+        if changed:
+            self._s.credentials_changed(user.id)
         return self.get_user(email)
 
     def update_user_settings(self, email: str, change: Callable[[dict], T]) -> T:
@@ -272,10 +332,16 @@ class Directory:
                 raise NotFoundError("no such user: {email}", email=email)
             settings = json.loads(row.settings or "{}")
             before = json.dumps(settings, sort_keys=True)
+            auth_before = {k: settings.get(k) for k in AUTH_SETTINGS}
             result = change(settings)
             after = json.dumps(settings, sort_keys=True)
+            auth_changed = _auth_settings_changed(auth_before, settings)
             if after != before:
                 c.execute(update(m.users).where(m.users.c.id == row.id).values(settings=after))
+            if auth_changed:
+                self.bump_epoch_in(c, row.id)
+        if auth_changed:
+            self._s.credentials_changed(row.id)
         return result
 
     def set_password_hash(self, email: str, password_hash: str) -> None:
@@ -285,8 +351,9 @@ class Directory:
             c.execute(
                 update(m.users)
                 .where(m.users.c.id == user.id)
-                .values(password_hash=password_hash, password_changed=now, updated=now)
+                .values(password_hash=password_hash, password_changed=now, updated=now, auth_epoch=m.users.c.auth_epoch + 1)
             )
+        self._s.credentials_changed(user.id)
 
     def delete_user_row(self, user_id: int) -> None:
         with self._s.write() as c:

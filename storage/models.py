@@ -82,6 +82,9 @@ users = Table(
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
     Column("settings", Text, nullable=False, default="{}"),
+    # credential epochs (see storage.auth.Authenticator.session_check): bumped when a login may no longer be valid
+    Column("auth_epoch", Integer, nullable=False, default=0, server_default="0"),
+    Column("sessions_epoch", Integer, nullable=False, default=0, server_default="0"),
 )
 
 aliases = Table(

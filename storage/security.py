@@ -18,8 +18,10 @@ Recovery codes for TOTP are kept as HMAC digests in the user setting
 ``totp_recovery`` and each works once (``use_recovery_code``).
 
 ``report_not_me`` is the "this wasn't me" action: it ends the user's panel
-sessions, revokes every app password, drops the reported place from the
-known places and records a ``security`` event ``login.not_me``.
+sessions and every IMAP/POP3 session (``Store.end_sessions``, seen by every
+process within about a second), revokes every app password, drops the
+reported place from the known places and records a ``security`` event
+``login.not_me``.
 """
 
 from __future__ import annotations
@@ -300,7 +302,7 @@ def end_panel_sessions(store: Store, user_id: int) -> int:
 
 
 def report_not_me(store: Store, email: str, *, event_id: int | None, ip: str | None, actor: str | None = None) -> dict:
-    """"This wasn't me": end every panel session, revoke every app password, record it.
+    """"This wasn't me": end every panel, IMAP and POP3 session, revoke every app password, record it.
 
     ``event_id`` is the login event the user does not recognise (it must be
     one of theirs; otherwise only the protective actions are taken). Returns
@@ -315,7 +317,7 @@ def report_not_me(store: Store, email: str, *, event_id: int | None, ip: str | N
             reported = row
     sessions = end_panel_sessions(store, user.id)
     apps = store.revoke_app_password(user.email)
-    store.passwords.forget(user.uuid)
+    store.end_sessions(user.email)  # IMAP and POP3 sessions, in every process, whatever secret they used
     if reported is not None:
         forget_place(store, user.email, ip=reported.ip, client=reported.client)
     detail = {"sessions_ended": sessions, "app_passwords_revoked": apps}

@@ -73,6 +73,7 @@ class Store:
         self._listeners: dict[int, list[Callable[[int], None]]] = {}
         self._listeners_lock = threading.Lock()
         self._move_hooks: list[MoveHook] = []
+        self._credential_listeners: list[Callable[[int], None]] = []
 
     @classmethod
     def from_config(cls, cfg, *, create_schema: bool = False) -> Store:  # type: ignore[no-untyped-def]
@@ -149,12 +150,49 @@ class Store:
         self.passwords.forget(user.uuid)
 
     def remove_user(self, email: str) -> None:
-        """Crypto-erase first (the key), then the index rows, then the files."""
+        """Crypto-erase first (the key), then the index rows, then the files.
+
+        Live sessions of the account end: other processes see its row gone.
+        """
         user = self.directory.get_user(email)
         self.keyring.destroy(user.uuid)
         self.passwords.forget(user.uuid)
         self.directory.delete_user_row(user.id)
+        self.credentials_changed(user.id)
         self.blobs.delete_account(user.uuid)
+
+    # ------------------------------------------------- sessions and revocation
+    def end_sessions(self, email: str) -> int:
+        """End every IMAP/POP3 session of the user, in every process, whatever secret it used.
+
+        The credentials themselves stay valid: a new login works. (The panel
+        ends its own web sessions.) Returns the user's new credential epoch.
+        """
+        user = self.directory.get_user(email)
+        self.passwords.forget(user.uuid)
+        return self.directory.bump_auth_epoch(user.id, end_sessions=True)
+
+    def add_credentials_listener(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``callback(user_id)`` (in the changing thread) after this process changed a user's credentials.
+
+        Other processes' changes are seen by polling ``directory.auth_epochs``.
+        Returns a function that removes the listener.
+        """
+        self._credential_listeners.append(callback)
+
+        def cancel() -> None:
+            if callback in self._credential_listeners:
+                self._credential_listeners.remove(callback)
+
+        return cancel
+
+    def credentials_changed(self, user_id: int) -> None:
+        """A user's password, app passwords, state or sessions changed: tell this process's services."""
+        for cb in list(self._credential_listeners):
+            try:
+                cb(user_id)
+            except Exception:  # noqa: BLE001 - a broken listener must not fail the change
+                pass
 
     # ----------------------------------------------------- app passwords
     def add_app_password(self, email: str, name: str) -> str:
@@ -190,8 +228,12 @@ class Store:
             q = q.where(m.app_passwords.c.name == name)
         with self.write() as c:
             n = c.execute(q).rowcount
+            if n:
+                self.directory.bump_epoch_in(c, user.id)  # sessions logged in with it end
         if name is not None and not n:
             raise NotFoundError("{email} has no app password named {name}", email=user.email, name=name)
+        if n:
+            self.credentials_changed(user.id)
         return n
 
     # ---------------------------------------------------------- delivery
