@@ -22,19 +22,33 @@ def inst(server):  # type: ignore[no-untyped-def]
     return server.inst
 
 
-def server_mail(inst, user: str) -> dict[str, dict[bytes, set[str]]]:  # type: ignore[no-untyped-def]
-    """folder -> {normalised message: flags} on the server."""
+Mail = list[tuple[bytes, frozenset[str]]]
+
+
+def server_mail(inst, user: str) -> dict[str, Mail]:  # type: ignore[no-untyped-def]
+    """folder -> sorted [(normalised message, flags)] on the server: a duplicate counts twice."""
     c = imap(inst, user)
     out = {}
     for line in ok(c.list()):
         name = re.search(rb'"/" "?([^"]+)"?$', line).group(1).decode()
         n = int(ok(c.select(name, readonly=True))[0])
-        out[name] = {}
+        out[name] = []
         if n:
-            for v in fetch_map(ok(c.fetch("1:*", "(FLAGS BODY.PEEK[])"))).values():
-                out[name][norm(v["BODY[]"])] = {f for f in v["FLAGS"] if f != "\\Recent"}
+            fetched = fetch_map(ok(c.fetch("1:*", "(FLAGS BODY.PEEK[])")))
+            assert len(fetched) == n, (name, n, len(fetched))
+            for v in fetched.values():
+                out[name].append((norm(v["BODY[]"]), frozenset(f for f in v["FLAGS"] if f != "\\Recent")))
+        out[name].sort()
     c.logout()
     return out
+
+
+def same_everywhere(local: Path, srv: dict[str, Mail]) -> None:
+    """Every server folder is a local Maildir with the same messages (bytes and flags), and the other way round."""
+    here = {str(p.parent.relative_to(local)) for p in local.rglob("cur") if p.is_dir()}
+    assert here == set(srv), (sorted(here), sorted(srv))
+    for folder, mail in srv.items():
+        assert maildir_mail(local / folder) == mail, folder
 
 
 def norm(raw: bytes) -> bytes:
@@ -45,13 +59,13 @@ def norm(raw: bytes) -> bytes:
 MAILDIR_FLAGS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered", "T": "\\Deleted", "D": "\\Draft"}
 
 
-def maildir_mail(folder: Path) -> dict[bytes, set[str]]:
-    out = {}
+def maildir_mail(folder: Path) -> Mail:
+    out = []
     for sub in ("cur", "new"):
         for f in (folder / sub).glob("*") if (folder / sub).is_dir() else []:
             info = f.name.split(":2,", 1)[1] if ":2," in f.name else ""
-            out[norm(f.read_bytes())] = {MAILDIR_FLAGS[ch] for ch in info if ch in MAILDIR_FLAGS}
-    return out
+            out.append((norm(f.read_bytes()), frozenset(MAILDIR_FLAGS[ch] for ch in info if ch in MAILDIR_FLAGS)))
+    return sorted(out)
 
 
 def deliver_maildir(folder: Path, raw: bytes, flags: str = "") -> Path:
@@ -116,11 +130,13 @@ def test_mutt_batch_send_files_to_sent_and_scripted_copy(inst, tmp_path) -> None
     keys = "<tag-pattern>~s tangerine<enter><tag-prefix><copy-message>=Archive<enter><sync-mailbox><quit>"
     run(["script", "-qec", f"mutt -n -F {rc} -e 'push \"{keys}\"'", "/dev/null"], env=env, stdin=subprocess.DEVNULL)
     mail = server_mail(inst, user)
-    sent = list(mail["Sent"])
+    sent = [raw for raw, _f in mail["Sent"]]
     assert len(sent) == 1 and b"Subject: mutt batch subject" in sent[0] and b"Sent by mutt." in sent[0]
-    archived = list(mail["Archive"])
-    assert len(archived) == 1 and b"Subject: tangerine report" in archived[0]
-    assert len(mail["INBOX"]) == 2
+    assert b"To: someone@example.test" in sent[0] and f"<{user}>".encode() in sent[0]
+    archived = [raw for raw, _f in mail["Archive"]]
+    assert len(archived) == 1 and b"Subject: tangerine report" in archived[0] and b"for mutt" in archived[0]
+    inbox = [raw for raw, _f in mail["INBOX"]]
+    assert len(inbox) == 2 and archived[0] in inbox  # a copy, byte for byte; the original stays
 
 
 # ---------------------------------------------------------------- mbsync
@@ -160,8 +176,9 @@ Sync All
 """)
     env = dict(os.environ, HOME=str(tmp_path))
     run(["mbsync", "-c", str(rc), "-a"], env=env)
-    assert maildir_mail(local / "INBOX") == server_mail(inst, user)["INBOX"]
-    assert maildir_mail(local / "Projects") == server_mail(inst, user)["Projects"]
+    srv = server_mail(inst, user)
+    same_everywhere(local, srv)
+    assert len(srv["INBOX"]) == 2 and len(srv["Projects"]) == 1
     # local -> server: a new message, a flag change, a new folder
     deliver_maildir(local / "Projects", message("written offline", "Drafted on the train.\r\n"), "S")
     deliver_maildir(local / "Travel", message("tickets", "Seat 42.\r\n"))
@@ -178,10 +195,15 @@ Sync All
     c.logout()
     run(["mbsync", "-c", str(rc), "-a"], env=env)
     srv = server_mail(inst, user)
-    for folder in ("INBOX", "Projects", "Travel"):
-        assert maildir_mail(local / folder) == srv[folder], folder
+    same_everywhere(local, srv)
     assert len(srv["INBOX"]) == 3 and len(srv["Projects"]) == 1 and len(srv["Travel"]) == 1
-    assert any(f == {"\\Flagged", "\\Seen"} for f in srv["INBOX"].values())
+    assert any(f == {"\\Flagged", "\\Seen"} for _raw, f in srv["INBOX"])
+    assert b"Drafted on the train." in srv["Projects"][0][0] and srv["Projects"][0][1] == {"\\Seen"}
+    assert b"Seat 42." in srv["Travel"][0][0]
+    # a third run with nothing new changes nothing on either side
+    run(["mbsync", "-c", str(rc), "-a"], env=env)
+    assert server_mail(inst, user) == srv
+    same_everywhere(local, srv)
 
 
 # ------------------------------------------------------------ offlineimap3
@@ -220,8 +242,8 @@ createfolders = True
     env = dict(os.environ, HOME=str(tmp_path))
     run(["offlineimap", "-c", str(rc), "-o", "-u", "quiet"], env=env)
     srv = server_mail(inst, user)
-    assert maildir_mail(local / "INBOX") == srv["INBOX"]
-    assert maildir_mail(local / "Projects") == srv["Projects"]
+    same_everywhere(local, srv)
+    assert len(srv["INBOX"]) == 2 and len(srv["Projects"]) == 1
     deliver_maildir(local / "Projects", message("offline note", "Written locally.\r\n"), "F")
     victim = next(iter((local / "INBOX" / "cur").glob("*")))
     victim.unlink()  # deleting locally deletes on the server
@@ -230,7 +252,11 @@ createfolders = True
     c.logout()
     run(["offlineimap", "-c", str(rc), "-o", "-u", "quiet"], env=env)
     srv = server_mail(inst, user)
-    assert maildir_mail(local / "INBOX") == srv["INBOX"]
-    assert maildir_mail(local / "Projects") == srv["Projects"]
+    same_everywhere(local, srv)
     assert len(srv["INBOX"]) == 1 and len(srv["Projects"]) == 3
-    assert {frozenset(f) for f in srv["Projects"].values()} >= {frozenset({"\\Flagged"}), frozenset({"\\Answered"})}
+    assert {f for _raw, f in srv["Projects"]} >= {frozenset({"\\Flagged"}), frozenset({"\\Answered"})}
+    assert any(b"Written locally." in raw for raw, _f in srv["Projects"])
+    # a run with nothing new changes nothing on either side
+    run(["offlineimap", "-c", str(rc), "-o", "-u", "quiet"], env=env)
+    assert server_mail(inst, user) == srv
+    same_everywhere(local, srv)
