@@ -5,6 +5,11 @@ reply for the end of DATA. Local recipients go through the store's one
 ingest path (with group commit when a batcher is given); remote ones into the
 outbound queue. Both are durable before the 250 is returned.
 
+Forwarding (mta/forward.py) is decided first: a forwarded copy is queued
+with the rest before the 250, and a user who keeps no copy gets none stored.
+Vacation replies are handed to ``after_delivery`` (a thread) once everything
+is durable, so they never delay the 250 nor can fail the delivery.
+
 Order: local ingest first, then the queue. If the queue write fails after
 the local copies were stored, the client gets 451 and will retry, so the
 local recipients may see the message twice; the reverse order would risk the
@@ -24,6 +29,7 @@ from storage.errors import QuotaExceededError, StoreError
 from storage.ingest import IngestReport, Target
 from storage.records import User
 
+from . import forward
 from .queue import OutboundQueue
 from .replies import R
 
@@ -45,6 +51,7 @@ class Accepted:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
     junk: set[str] = field(default_factory=set)  # local recipients whose copy goes to their Junk folder
+    reached: list[User] = field(default_factory=list)  # local recipients the message reached (stored or forwarded), not as spam
 
 
 class DeliveryLog:
@@ -108,6 +115,8 @@ class Deliverer:
         self.queue = queue
         self.events = events
         self._ingest = ingest or store.ingest.ingest
+        #: called with each delivered ``Accepted`` before the 250 (vacation replies): must only hand work off
+        self.after_delivery: Callable[[Accepted], None] | None = None
 
     def deliver(self, msg: Accepted) -> str:
         detail: dict[str, Any] = {"listener": msg.listener, "rcpt": msg.rcpt}
@@ -121,9 +130,11 @@ class Deliverer:
             detail["rejected"] = dict(msg.rejected)
         stored: list[str] = []
         failed: dict[str, str] = {}
-        if msg.local:
+        fwd = forward.plan(self._s, msg.local, msg.raw, msg.junk) if msg.local else forward.Plan()
+        if fwd.keep or fwd.local_copies:
             try:
-                targets = [Target(u, self._junk_folder(u.email)) if u.email in msg.junk else Target(u) for u in msg.local]
+                targets = [Target(u, self._junk_folder(u.email)) if u.email in msg.junk else Target(u) for u in fwd.keep]
+                targets += [Target(u) for u in fwd.local_copies]
                 report = self._ingest(targets, msg.raw, source="smtp")
             except QuotaExceededError as exc:
                 too_large = "too large" in str(exc)
@@ -142,6 +153,22 @@ class Deliverer:
                 log.exception("enqueue of %s failed", msg.queue_id)
                 detail["stored"] = stored
                 return self._refuse(msg, detail, "deferred", R.TEMP_STORE, str(exc))
+        if fwd.remote:
+            by_email = {u.email: u for u in msg.local}
+            try:
+                for email, addresses in fwd.remote.items():
+                    qid = self.queue.enqueue(email, addresses, forward.copy_for(msg.raw, by_email[email]),
+                                             meta={"ip": msg.ip, "listener": msg.listener, "forward": email,
+                                                   "of": msg.queue_id})
+                    detail.setdefault("forward_queue_ids", []).append(qid)
+            except (StoreError, OSError) as exc:
+                log.exception("enqueue of the forwarded copies of %s failed", msg.queue_id)
+                detail["stored"] = stored
+                return self._refuse(msg, detail, "deferred", R.TEMP_STORE, str(exc))
+        if fwd.forwarded:
+            detail["forwarded"] = fwd.forwarded
+        if fwd.not_forwarded:
+            detail["not_forwarded"] = fwd.not_forwarded
         if failed:
             detail["failed"] = failed
         if msg.remote:
@@ -150,6 +177,13 @@ class Deliverer:
             detail["junk"] = sorted(msg.junk)
         result = "partial" if failed else "delivered"
         self.events.write(msg.queue_id, msg.sender, stored + msg.remote, len(msg.raw), result, ip=msg.ip, detail=detail)
+        reached = set(stored) | set(fwd.forwarded)
+        msg.reached = [u for u in msg.local if u.email in reached and u.email not in msg.junk]
+        if self.after_delivery is not None and msg.reached:
+            try:
+                self.after_delivery(msg)  # hands the work to a thread: the 250 does not wait for it
+            except Exception:  # noqa: BLE001 - the message is safe; an auto-reply is not worth a 451
+                log.exception("after-delivery work for %s not started", msg.queue_id)
         return f"250 2.0.0 Ok: queued as {msg.queue_id}"
 
     def _junk_folder(self, email: str) -> str:

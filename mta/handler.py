@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class Shared:
     events: DeliveryLog
     scanner: Any = None  # antispam.Scanner (port 25), or None
     outbound: Any = None  # mta.handler.OutboundGuard (submission), or None
+    max_message_size: int = 0  # smtp.max_message_size; the policy of the same name wins when set
+    autoreplies: Any = None  # mta.autoreply.AutoReplies, or None
 
 
 def _size_option(options: list[str]) -> int:
@@ -68,12 +71,26 @@ class OutboundGuard:
     or loses a message.
     """
 
-    def __init__(self, store: Any, limits: Any) -> None:
+    def __init__(self, store: Any, limits: Any, policy: Policy | None = None) -> None:
         from antispam import outbound
 
         self._outbound = outbound
         self._s = store
         self._limits = limits
+        self._policy = policy
+
+    def limits(self) -> Any:
+        """``[limits]`` as antispam.outbound.Limits, with messages per hour from the policy
+        ``outbound_per_hour`` when the admin set one (panel). Blocking (cached policy read)."""
+        base = self._outbound.Limits.from_config(self._limits)
+        if self._policy is None:
+            return base
+        per_hour = self._policy.outbound_per_hour(base.messages_per_hour)
+        return base if per_hour == base.messages_per_hour else dataclasses.replace(base, messages_per_hour=per_hour)
+
+    def failed(self, email: str, count: int) -> None:
+        """``count`` recipients of ``email``'s mail bounced (permanent failures, DSN sent)."""
+        self._outbound.record_failure(self._s, email, count, limits=self.limits())
 
     def frozen_reply(self, email: str) -> str | None:
         try:
@@ -87,7 +104,7 @@ class OutboundGuard:
         if not msg.auth_user:
             return
         try:
-            self._outbound.record_submission(self._s, msg.auth_user, msg.rcpt, limits=self._limits)
+            self._outbound.record_submission(self._s, msg.auth_user, msg.rcpt, limits=self.limits())
         except Exception:  # noqa: BLE001
             log.exception("outbound accounting for %s failed", msg.auth_user)
 
@@ -114,6 +131,10 @@ class Handler:
     def _log_later(self, *args: Any, **kwargs: Any) -> None:
         """Queue a log event (DeliveryLog.write only appends to a buffer)."""
         self.shared.events.write(*args, **kwargs)
+
+    async def size_limit(self) -> int:
+        """The largest message now (MtaSMTP asks at EHLO/HELO and MAIL): policy, else config."""
+        return await self._policy(self.shared.policy.max_message_size, self.shared.max_message_size)
 
     # ---------------------------------------------------------------- EHLO
     async def handle_EHLO(self, server: MtaSMTP, session: Any, envelope: MtaEnvelope, hostname: str,
@@ -307,10 +328,13 @@ class Handler:
 
     async def _scan(self, scanner: Any, msg: Accepted, helo: str) -> str | None:
         """Port 25: the antispam verdict (rspamd). Returns a refusal reply, or None after filing
-        the verdict's headers into the message and choosing Junk per recipient."""
+        the verdict's headers into the message and choosing Junk per recipient.
+
+        rspamd's ``Hostname`` is the client's forward-confirmed reverse DNS name; the MTA does
+        not look that up, so it is left out and rspamd resolves it itself (never our own name)."""
         try:
             verdict = await scanner.check(msg.raw, mail_from=msg.sender, rcpts=[u.email for u in msg.local], ip=msg.ip,
-                                          helo=helo, hostname=self.shared.hostname, queue_id=msg.queue_id)
+                                          helo=helo, hostname=None, queue_id=msg.queue_id)
         except Exception:  # noqa: BLE001 - the scanner promises not to raise; if it does, deliver unscanned
             log.exception("spam check of %s failed", msg.queue_id)
             return None

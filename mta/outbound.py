@@ -24,7 +24,7 @@ delivers from a queue (it holds ``queue/worker.lock``).
   local sender through the store's one ingest path, or queued (null sender)
   to a remote one. Never to the null sender.
 * DKIM: at send time (each attempt), for mail submitted by an authenticated
-  user and for our own DSNs, in signing processes (mta/dkimsign.py
+  user and for our own DSNs and vacation auto-replies, in signing processes (mta/dkimsign.py
   ``SigningPool``: RSA signing holds the GIL). Mail relayed from port 25 to
   external group members is not signed with our keys. The message is loaded
   and signed while the session is being opened or waited for, unless its
@@ -56,12 +56,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.i18n import _
-from storage.errors import CryptoError, InvalidInputError, NotFoundError
+from storage.errors import CryptoError, NotFoundError
 
 from .connector import SMARTHOST, ConnectSettings, Pool
 from .dkimsign import SigningPool
 from .dsn import RecipientStatus, build_dsn
 from .mx import RouteError
+from .notices import deliver_notice
 from .queue import OutboundQueue, QueuedMessage
 from .smtpclient import SendResult, SmtpClient, SmtpError
 
@@ -466,7 +467,7 @@ class Outbound:
     async def _prepare(self, e: Entry) -> bytes:
         """The message as sent: decrypted in a thread, DKIM-signed (when it is ours to sign) by the signer."""
         data = (await self._run(self.queue.load, e.id)).raw
-        if self.signer is not None and self.settings.dkim and (e.auth or e.meta.get("dsn")):
+        if self.signer is not None and self.settings.dkim and (e.auth or e.meta.get("dsn") or e.meta.get("autoreply")):
             if isinstance(self.signer, SigningPool):
                 data = await self.signer.sign(data, self.executor)
             else:
@@ -656,29 +657,7 @@ class Outbound:
 
     def deliver_notice(self, address: str, raw: bytes, *, of: str = "") -> str:
         """A notice from the mail system (null sender) to ``address``: local INBOXes through the store, else the queue."""
-        directory = self.store.directory
-        if directory.is_local_domain(_domain(address)):
-            local, external = directory.expand(address)
-            delivered = []
-            if local:
-                d = self.store.begin_delivery("", source="dsn")
-                for email in local:
-                    with contextlib.suppress(NotFoundError, InvalidInputError):
-                        d.add_recipient(email)
-                if d.recipients:
-                    d.write(raw)
-                    report = d.commit()
-                    delivered = [s.email for s in report.stored]
-                else:
-                    d.abort()
-            if external:
-                self.queue.enqueue("", list(external), raw, meta={"dsn": True, "of": of})
-            if not delivered and not external:
-                log.warning("notice for %s dropped: no such local mailbox", address)
-                return "dropped"
-            return "local" if delivered else "queued"
-        self.queue.enqueue("", [address], raw, meta={"dsn": True, "of": of})
-        return "queued"
+        return deliver_notice(self.store, self.queue, address, raw, meta={"dsn": True, "of": of})
 
     # ================================================================ housekeeping
     async def _housekeeping(self) -> None:

@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage import policy as policies
 from storage.addresses import normalise_address, split_address
 from storage.errors import InvalidInputError
 from storage.records import Group, User
@@ -138,6 +139,18 @@ class Policy:
         self._cache.clear()
 
     # ------------------------------------------------------------ lookups
+    def policies(self) -> dict[str, Any]:
+        """The panel's policies (storage/policy.py), cached like the directory."""
+        return self._cache.get(("policies",), lambda: policies.load(self._s))
+
+    def max_message_size(self, configured: int) -> int:
+        """The policy ``max_message_size`` when set, else ``configured`` (smtp.max_message_size)."""
+        return policies.or_configured(self.policies(), "max_message_size", configured)
+
+    def outbound_per_hour(self, configured: int) -> int:
+        """The policy ``outbound_per_hour`` when set, else ``configured`` (limits.outbound_messages_per_hour)."""
+        return policies.or_configured(self.policies(), "outbound_per_hour", configured)
+
     def is_local_domain(self, domain: str) -> bool:
         return self._cache.get(("domain", domain.lower()), lambda: self._s.directory.is_local_domain(domain))
 

@@ -262,7 +262,27 @@ class MtaSMTP(SMTP):
         return super()._getaddr(arg)
 
     # ------------------------------------------------------------- commands
+    async def _refresh_size_limit(self) -> None:
+        """The largest message for this transaction: the policy's when the admin set one (panel), else the config's.
+
+        Asked at EHLO/HELO (EHLO announces it as SIZE) and again at MAIL, so a
+        change made in the panel applies to the next transaction.
+        """
+        size_limit = getattr(self.event_handler, "size_limit", None)
+        if size_limit is None:
+            return
+        try:
+            self.data_size_limit = int(await size_limit())
+        except Exception:  # noqa: BLE001 - keep the config's limit
+            log.exception("message size policy unavailable")
+            self.data_size_limit = self.limits.max_message_size
+
+    @property
+    def max_message_size(self) -> int:
+        return self.data_size_limit or self.limits.max_message_size
+
     async def smtp_EHLO(self, hostname: str) -> None:
+        await self._refresh_size_limit()
         self._plain_replies = True
         try:
             await super().smtp_EHLO(hostname)
@@ -270,6 +290,7 @@ class MtaSMTP(SMTP):
             self._plain_replies = False
 
     async def smtp_HELO(self, hostname: str) -> None:
+        await self._refresh_size_limit()
         self._plain_replies = True
         try:
             await super().smtp_HELO(hostname)
@@ -288,6 +309,8 @@ class MtaSMTP(SMTP):
         if _malformed_path(arg, "FROM:"):
             await self.push("501 5.5.4 Syntax error in MAIL FROM parameters")
             return
+        if self.session is not None and self.session.host_name and not (self.envelope and self.envelope.mail_from):
+            await self._refresh_size_limit()
         await super().smtp_MAIL(arg)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
@@ -335,7 +358,7 @@ class MtaSMTP(SMTP):
         (pipelined commands) goes back to the reader.
         """
         reader = self._reader
-        limit = self.limits.max_message_size
+        limit = self.max_message_size
         buf = bytearray(b"\r\n")  # so an empty message's "." line matches CRLF.CRLF too
         scan = 0
         total = 0
@@ -367,7 +390,7 @@ class MtaSMTP(SMTP):
     def _check_data(self, body: bytearray | None, total: int) -> str | None:
         lim = self.limits
         if body is None:
-            return with_text(R.DATA_TOO_BIG, f"limit {lim.max_message_size} bytes")
+            return with_text(R.DATA_TOO_BIG, f"limit {self.max_message_size} bytes")
         if body and max(map(len, body.split(b"\n"))) + 1 > lim.max_line_length:
             return with_text(R.DATA_LINE_TOO_LONG, f"limit {lim.max_line_length} bytes per line")
         if body.count(b"\r") != body.count(b"\r\n"):

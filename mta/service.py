@@ -11,6 +11,12 @@ loop (not aiosmtpd's threaded Controller).
 sessions in the middle of a command (a DATA being stored) finish, for at most
 ``drain_timeout`` seconds, then aborts what is left.
 
+After each delivery, vacation auto-replies (mta/autoreply.py) go out from
+worker threads; forwarding (mta/forward.py) is part of the delivery itself.
+The daily maintenance job (appliance/maintenance.py: event log retention,
+vacation memory) runs in this service's process, a minute after start and
+then daily.
+
 The delivery worker for the outbound queue (mta/outbound.py) runs beside the
 listeners unless ``queue.hold`` is set; ``ctx.running["mta"].outbound`` is it
 (None when held), ``.queue`` the queue.
@@ -27,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import ConfigError
+from appliance.maintenance import Maintenance
 
+from .autoreply import AutoReplies
 from .connector import Connector, Pool
 from .delivery import Deliverer, DeliveryLog
 from .dkimsign import SigningPool
@@ -70,19 +78,23 @@ class MtaService:
     name = "mta"
 
     def __init__(self, servers: list[asyncio.AbstractServer], endpoints: list[str], connections: Connections,
-                 shared: Shared, *, drain_timeout: float = 20.0, outbound: Outbound | None = None) -> None:
+                 shared: Shared, *, drain_timeout: float = 20.0, outbound: Outbound | None = None,
+                 maintenance: Maintenance | None = None) -> None:
         self.servers = servers
         self.endpoints = endpoints
         self.connections = connections
         self.shared = shared
         self.drain_timeout = drain_timeout
         self.outbound = outbound
+        self.maintenance = maintenance
 
     @property
     def queue(self) -> OutboundQueue:
         return self.shared.deliverer.queue
 
     async def stop(self) -> None:
+        if self.maintenance is not None:
+            await self.maintenance.stop()
         for srv in self.servers:
             srv.close()
         for session in list(self.connections.sessions):
@@ -102,7 +114,10 @@ class MtaService:
                 log.exception("stopping the delivery worker")
         for srv in self.servers:
             await srv.wait_closed()
-        await asyncio.get_running_loop().run_in_executor(self.shared.executor, self.shared.events.close)
+        loop = asyncio.get_running_loop()
+        if self.shared.autoreplies is not None and not await loop.run_in_executor(None, self.shared.autoreplies.drain, 10.0):
+            log.warning("vacation auto-replies still in progress at stop")
+        await loop.run_in_executor(self.shared.executor, self.shared.events.close)
 
 
 def _shared(ctx: Any) -> Shared:
@@ -113,18 +128,24 @@ def _shared(ctx: Any) -> Shared:
     if removed:
         log.info("outbound queue: removed %d unfinished files", removed)
     events = DeliveryLog(store)
+    policy = Policy(store, ttl=float(cfg.smtp.directory_cache_ttl))
+    deliverer = Deliverer(store, queue, events)
+    autoreplies = AutoReplies(store, queue, ctx.executor, events)
+    deliverer.after_delivery = autoreplies.after_delivery
     return Shared(
         store=store,
         executor=ctx.executor,
         hostname=cfg.instance.hostname,
         max_recipients=cfg.smtp.max_recipients,
         reject_dmarc=cfg.smtp.reject_dmarc,
-        policy=Policy(store, ttl=float(cfg.smtp.directory_cache_ttl)),
+        policy=policy,
         mailauth=MailAuth(cfg.instance.hostname),
-        deliverer=Deliverer(store, queue, events),
+        deliverer=deliverer,
         events=events,
         scanner=_scanner(ctx),
-        outbound=_outbound(ctx),
+        outbound=_outbound(ctx, policy),
+        max_message_size=cfg.smtp.max_message_size,
+        autoreplies=autoreplies,
     )
 
 
@@ -141,9 +162,9 @@ def _scanner(ctx: Any) -> Any:
         return None
 
 
-def _outbound(ctx: Any) -> Any:
+def _outbound(ctx: Any, policy: Policy) -> Any:
     try:
-        return OutboundGuard(ctx.store, ctx.cfg.limits)
+        return OutboundGuard(ctx.store, ctx.cfg.limits, policy)
     except Exception:  # noqa: BLE001
         log.exception("outbound limits unavailable")
         return None
@@ -167,9 +188,8 @@ def _outbound_worker(ctx: Any, shared: Shared) -> Outbound:
         return guard is not None and guard.frozen_reply(email) is not None
 
     def record_failures(email: str, count: int) -> None:
-        from antispam import outbound as antispam_outbound
-
-        antispam_outbound.record_failure(ctx.store, email, count, limits=cfg.limits)
+        if guard is not None:
+            guard.failed(email, count)
 
     signer = None
     if cfg.dkim.enabled:
@@ -249,4 +269,7 @@ async def start(ctx: Any) -> MtaService | None:
             for srv in servers:
                 srv.close()
             raise
-    return MtaService(servers, endpoints, connections, shared, outbound=outbound)
+    maintenance = Maintenance(ctx.store, float(ctx.cfg.log.retention), Path(ctx.cfg.instance.data_dir) / "maintenance.lock",
+                              executor=ctx.executor)
+    maintenance.start()
+    return MtaService(servers, endpoints, connections, shared, outbound=outbound, maintenance=maintenance)

@@ -4,7 +4,8 @@
 policy ``log_retention_days`` when set, else the config's ``log.retention``:
 see ``retention_seconds``) in batches, so a large log never holds the write
 lock for long, and vacation replies older than the longest vacation period.
-``appliance log prune`` runs it; a daily timer (or cron) should too.
+``appliance log prune`` runs it, and the MTA service's daily maintenance job
+(appliance/maintenance.py) does, a minute after start and then every day.
 A removed account's mail is crypto-erased by ``Store.remove_user``; its
 events go when their retention ends, like everyone's.
 """

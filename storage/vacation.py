@@ -248,7 +248,9 @@ def _claim(store: Store, user_id: int, sender: str, now: float, period: float) -
 
 
 def build_reply(user: User, from_addr: str, to_addr: str, original: Message, body: str, *, now: float | None = None) -> bytes:
-    """An RFC 3834 reply: Auto-Submitted: auto-replied, In-Reply-To/References, Subject "Auto: ..."."""
+    """An RFC 3834 reply: Auto-Submitted: auto-replied, In-Reply-To/References, Subject "Auto: ...".
+
+    CRLF line ends and a 7-bit body (quoted-printable for non-ASCII text), as sent."""
     subject = _decoded(_value(original, "Subject"))[:200]
     msg = EmailMessage()
     msg["From"] = formataddr((user.name, from_addr)) if user.name else from_addr
@@ -263,8 +265,9 @@ def build_reply(user: User, from_addr: str, to_addr: str, original: Message, bod
         msg["In-Reply-To"] = msg_id
         refs = re.findall(r"<[^<>\s]{1,250}>", _value(original, "References"))[-10:]
         msg["References"] = " ".join([*refs, msg_id])
-    msg.set_content(body.rstrip() + "\n", charset="utf-8")
-    return msg.as_bytes()
+    text = body.rstrip() + "\n"
+    msg.set_content(text, charset="utf-8", cte=None if text.isascii() else "quoted-printable")
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))  # CRLF: ready for SMTP and DKIM as it is
 
 
 def prune(store: Store, older_than: float) -> int:
