@@ -9,6 +9,8 @@ on the event loop; one lookup is bounded by a timeout of at most
 lands in the cache when it comes. Answers are cached for ``TTL`` seconds
 (failures for ``FAIL_TTL``), so opening the page again does not ask again;
 "Check again" (``fresh=True``) forgets a domain's cached answers first.
+After the resolver failed to answer once, other lookups give up at once
+for ``FAIL_TTL`` seconds rather than each waiting for its own timeout.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from installer.dnsrecords import DnsRecord, Lookup, RecordCheck, check_record, m
 MAX_TIMEOUT = 3.0
 WAIT = 4.0
 TTL = 60.0
-FAIL_TTL = 10.0
+FAIL_TTL = 20.0
 PLACEHOLDER = "<"  # "<public IPv4 address of this server>": the panel does not know the public address
 
 
@@ -57,6 +59,7 @@ class DnsChecker:
         self._answers: dict[tuple[str, str], tuple[float, list[str] | None]] = {}
         self._checks: dict[DnsRecord, tuple[float, RecordCheck]] = {}
         self._running: dict[DnsRecord, Future[RecordCheck]] = {}
+        self._resolver_failed = float("-inf")  # monotonic time of the last lookup the resolver did not answer
 
     @classmethod
     def from_config(cls, cfg: Any) -> DnsChecker:
@@ -73,9 +76,13 @@ class DnsChecker:
             hit = self._answers.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
+        if now - self._resolver_failed < FAIL_TTL:
+            return None
         found = self._lookup(name, rtype)
         with self._lock:
             self._answers[key] = (time.monotonic() + (TTL if found is not None else FAIL_TTL), found)
+            if found is None:
+                self._resolver_failed = time.monotonic()
         return found
 
     def _check(self, rec: DnsRecord) -> RecordCheck:
@@ -90,6 +97,7 @@ class DnsChecker:
     # ------------------------------------------------------------ loop side
     def forget(self, records: Iterable[DnsRecord]) -> None:
         with self._lock:
+            self._resolver_failed = float("-inf")
             for rec in records:
                 self._checks.pop(rec, None)
                 for rtype in (rec.type, "A"):
