@@ -21,7 +21,8 @@ class FakeRspamd(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        FakeRspamd.seen.append({"rcpt": self.headers.get_all("Rcpt"), "ip": self.headers.get("IP"), "body": body})
+        FakeRspamd.seen.append({"rcpt": self.headers.get_all("Rcpt"), "ip": self.headers.get("IP"), "body": body,
+                                "helo": self.headers.get("Helo"), "hostname": self.headers.get("Hostname")})
         if b"Subject: spammy" in body:
             result = {"action": "add header", "score": 8.5, "required_score": 15.0, "symbols": {"FAKE_SPAM": {"score": 8.5}}}
         elif b"Subject: evil" in body:
@@ -83,6 +84,8 @@ def test_clean_mail_goes_to_inbox_with_the_verdict_headers(ports, store) -> None
     assert b"forged by the sender" not in head
     seen = FakeRspamd.seen[-1]
     assert seen["rcpt"] == [rcpt] and seen["ip"] == "127.0.0.1"
+    # Helo and Hostname describe the client; we do no reverse DNS, so rspamd resolves the name itself
+    assert seen["helo"] == "client.example" and seen["hostname"] is None
     assert seen["body"].startswith(b"Received: from client.example") and b"Authentication-Results:" in seen["body"]
 
 
@@ -93,6 +96,24 @@ def test_spam_is_filed_into_junk(ports, store) -> None:  # type: ignore[no-untyp
     assert inbox(store, rcpt) == []
     (raw,) = inbox(store, rcpt, "Junk")
     assert b"X-Spam-Flag: YES" in raw
+
+
+def test_spam_is_never_forwarded_and_clean_mail_reaches_a_local_target(ports, store) -> None:  # type: ignore[no-untyped-def]
+    from storage import policy
+
+    store.set_setting(policy.KEY, json.dumps({**policy.load(store), "forwarding_allowed": True}))
+    user, _ = new_user(store, prefix="fw")
+    target, _ = new_user(store, prefix="tg")
+    store.directory.set_user_setting(user, "forward_to", target)
+    store.directory.set_user_setting(user, "forward_keep", False)
+    with mx_client(ports["mx"]) as client:
+        client.sendmail("a@sender.example", [user], message("a@sender.example", user, "spammy"))
+        client.sendmail("a@sender.example", [user], message("a@sender.example", user, "clean"))
+    (junk,) = inbox(store, user, "Junk")  # spam stays here, in Junk, whatever keep_copy says
+    assert b"Subject: spammy" in junk
+    assert inbox(store, user) == []  # the clean one was forwarded without a copy
+    (forwarded,) = inbox(store, target)
+    assert b"Subject: clean" in forwarded
 
 
 def test_rejected_spam_gets_the_scanners_reply(ports, store) -> None:  # type: ignore[no-untyped-def]
