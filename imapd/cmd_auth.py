@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from .login import FAILURE_TEXT, b64_text, decode_plain, login
@@ -96,6 +97,15 @@ class AuthCommands:
         if self.auth_failures >= self.shared.limits.max_auth_failures:
             self.close(b"* BYE Too many failed logins\r\n")
 
+    async def _name_client_late(self: Any) -> None:
+        """ID after LOGIN (Thunderbird does so): name the client on this session's login event."""
+        call = functools.partial(self.shared.store.auth.name_client, self.user.email, protocol="imap", ip=self.ip or None,
+                                 client=self.client_id, since=self.login_time)
+        try:
+            await self.run(call)
+        except Exception as exc:  # noqa: BLE001 - the log entry is not worth failing ID for
+            self.shared.log.warning("naming the client of %s's login: %s", self.user.email, exc)
+
     async def c_id(self: Any, tag: str, args: Args) -> None:
         params = args.next("ID parameters")
         args.end()
@@ -112,9 +122,11 @@ class AuthCommands:
                 if not isinstance(value, bytes):
                     raise ParseError("ID values are strings or NIL")
                 fields[key.decode("utf-8", "replace").lower()[:30]] = value.decode("utf-8", "replace")[:100]
-            if self.user is None and fields.get("name"):
+            if self.client_id is None and fields.get("name"):
                 text = fields["name"] + (" " + fields["version"] if fields.get("version") else "")
                 self.client_id = "".join(ch for ch in text if ch.isprintable())[:100]
+                if self.user is not None and self.client_id:
+                    await self._name_client_late()
         elif not (isinstance(params, str) and params.upper() == "NIL"):
             raise ParseError("ID takes a list or NIL")
         self.send(b'* ID ("name" "Mail Appliance" "vendor" "mail-appliance")\r\n')

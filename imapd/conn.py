@@ -29,6 +29,7 @@ class Connection(Protocol):
         self.user_claimed = False
         self.credential: str | None = None  # what the login proved (see guard)
         self.auth_epoch = 0
+        self.login_time = 0.0  # time.time() of the successful login
         self.last_activity = time.monotonic()
         self.last_keepalive = self.last_activity
         self.closing = False

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ async def login(conn: Any, protocol: str, username: str, secret: str) -> LoginRe
     if not username or len(username) > MAX_LOGIN or len(secret) > MAX_SECRET or "\0" in username:
         await asyncio.sleep(shared.store.auth.settings.failure_delay)
         return LoginResult(None, "invalid")
+    started = time.time()
     call = functools.partial(shared.store.auth.authenticate, username, secret, protocol=protocol, ip=conn.ip or None,
                              client=conn.client_id)
     outcome = await shared.run(call)
@@ -49,6 +51,7 @@ async def login(conn: Any, protocol: str, username: str, secret: str) -> LoginRe
     conn.user_claimed = True
     conn.credential = outcome.credential
     conn.auth_epoch = outcome.epoch
+    conn.login_time = started
     if shared.guard is not None:
         shared.guard.add(conn)
     return LoginResult(user, "ok")

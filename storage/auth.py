@@ -143,6 +143,27 @@ class Authenticator:
         self._s.events.login(name, protocol=protocol, ip=ip, client=client, result="ok", detail=detail)
         return AuthOutcome(True, user, "ok", 0.0, app_name, credential, epoch)
 
+    def name_client(self, login: str, *, protocol: str, ip: str | None, client: str, since: float) -> bool:
+        """Blocking: put ``client`` on the session's login event when it was named after the login.
+
+        IMAP clients such as Thunderbird send ID only once logged in; the
+        event of that login (the newest successful one of ``login`` over
+        ``protocol`` from ``ip`` since ``since``, without a client) gets the
+        name, so the sign-in history shows it. True if an event was updated.
+        """
+        e = m.events.c
+        q = (select(e.id).where(e.kind == "login", e.subject == login, e.protocol == protocol, e.result == "ok",
+                                e.client.is_(None), e.ts >= since)
+             .order_by(e.ts.desc()).limit(1))
+        if ip is not None:
+            q = q.where(e.ip == ip)
+        with self._s.write() as c:
+            event_id = c.execute(q).scalar()
+            if event_id is None:
+                return False
+            c.execute(update(m.events).where(e.id == event_id).values(client=client[:200]))
+        return True
+
     def session_check(self, user_id: int, credential: str | None, epoch: int, *, protocol: str) -> str | None:
         """Blocking. None if a session that logged in with ``credential`` at ``epoch`` may go on, else why not.
 

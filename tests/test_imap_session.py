@@ -171,9 +171,45 @@ def test_login_log_names_client(inst) -> None:
     from storage import models as m
 
     with store_of(inst).read() as conn:
-        rows = conn.execute(select(m.events.c.protocol, m.events.c.client, m.events.c.result)
+        rows = conn.execute(select(m.events.c.protocol, m.events.c.ip, m.events.c.client, m.events.c.result)
                             .where(m.events.c.subject == who, m.events.c.kind == "login")).all()
-    assert ("imap", "LogCheck 9", "ok") in [tuple(r) for r in rows]
+    assert ("imap", "127.0.0.1", "LogCheck 9", "ok") in [tuple(r) for r in rows]
+
+
+def login_events(inst, who: str) -> list[tuple]:  # type: ignore[no-untyped-def]
+    from imapkit import store_of
+    from sqlalchemy import select
+
+    from storage import models as m
+
+    e = m.events.c
+    with store_of(inst).read() as conn:
+        rows = conn.execute(select(e.protocol, e.ip, e.client, e.result).where(e.subject == who, e.kind == "login")
+                            .order_by(e.id)).all()
+    return [tuple(r) for r in rows]
+
+
+def test_id_after_login_names_the_client_of_that_login(inst) -> None:
+    """Thunderbird sends ID once logged in: the login event still gets the client's name."""
+    who = account(inst, "session-late-id")
+    chat = Chat(inst.ports["imaps"], tls=True)
+    chat.login(who)
+    chat.send('i ID ("name" "Thunderbird" "version" "115.3.1" "os" "Linux")')
+    line, untagged = chat.tagged("i")
+    assert line.startswith(b"i OK") and untagged[0].startswith(b"* ID (")
+    chat.send('j ID ("name" "Spoofed" "version" "1")')  # only the first name counts
+    chat.tagged("j")
+    chat.close()
+    assert login_events(inst, who)[-1] == ("imap", "127.0.0.1", "Thunderbird 115.3.1", "ok")
+
+
+def test_failed_logins_are_logged_with_address(inst) -> None:
+    who = account(inst, "session-fail-log")
+    c = imaplib.IMAP4_SSL("127.0.0.1", inst.ports["imaps"], ssl_context=tls_context(), timeout=30)
+    with pytest.raises(imaplib.IMAP4.error):
+        c.login(who, "not the password")
+    c.logout()
+    assert ("imap", "127.0.0.1", None, "fail") in login_events(inst, who)
 
 
 def test_commands_in_wrong_state_and_unknown(inst, user) -> None:

@@ -177,3 +177,21 @@ def test_three_failed_logins_close(inst) -> None:
         assert ch.readline().startswith(b"-ERR [AUTH]")
     assert ch.closed()
     pop3(inst, who).quit()  # the right password still works (and resets the count)
+
+
+def test_pop3_logins_are_logged_with_address(inst, user) -> None:
+    from sqlalchemy import select
+
+    from storage import models as m
+
+    p = pop3(inst, user)
+    p.quit()
+    bad = poplib.POP3_SSL("127.0.0.1", inst.ports["pop3s"], context=tls_context(), timeout=30)
+    bad.user(user)
+    with pytest.raises(poplib.error_proto):
+        bad.pass_("wrong password")
+    bad.close()
+    e = m.events.c
+    with store_of(inst).read() as conn:
+        rows = [tuple(r) for r in conn.execute(select(e.protocol, e.ip, e.result).where(e.subject == user, e.kind == "login"))]
+    assert ("pop3", "127.0.0.1", "ok") in rows and ("pop3", "127.0.0.1", "fail") in rows
