@@ -4,9 +4,9 @@
 retention (the panel's policy ``log_retention_days`` when set, else
 ``log.retention``: ``storage.retention.retention_seconds``) and vacation
 replies older than the longest vacation period (``storage.vacation.prune``,
-through ``storage.retention.prune``), logs what it removed and records it in
-the event log (an admin event ``log.prune`` by ``maintenance``, like
-``appliance log prune``).
+through ``storage.retention.prune``), logs what it removed and, when it removed
+anything, records it in the event log (an admin event ``log.prune`` by
+``maintenance``, like ``appliance log prune``).
 
 ``Maintenance`` runs it on the event loop's executor a minute after start
 and then every day. It is started by the MTA service, which runs under
@@ -46,8 +46,10 @@ def run(store: Any, configured_retention: float, *, now: float | None = None) ->
     log.info("maintenance: removed %d events older than %s (retention %s days) and %d vacation reply records",
              done["events"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(done["cutoff"])),
              result["retention_days"], done["vacation_replies"])
-    store.events.admin("maintenance", "log.prune", None, detail={
-        "retention_days": result["retention_days"], "events": done["events"], "vacation_replies": done["vacation_replies"]})
+    if done["events"] or done["vacation_replies"]:  # a run that removed nothing leaves no trace in the audit log
+        store.events.admin("maintenance", "log.prune", None, detail={
+            "retention_days": result["retention_days"], "events": done["events"],
+            "vacation_replies": done["vacation_replies"]})
     return result
 
 

@@ -105,23 +105,26 @@ def plan(store: Any, local: list[User], raw: bytes, junk: set[str]) -> Plan:
             out.not_forwarded[user.email] = why
             out.keep.append(user)
             continue
+        if store.directory.is_local_domain(target.rpartition("@")[2]):
+            emails, external = store.directory.expand(target)
+            if user.email in emails:
+                why = "loop: the forwarding address leads back to this user"
+            elif not emails and not external:
+                why = "no such local address"
+            if why is not None:
+                out.not_forwarded[user.email] = why
+                out.keep.append(user)
+                continue
+            for email in emails:
+                u = store.directory.find_user(email)
+                if u is not None and u.active and u.email not in seen:  # a recipient already has it
+                    seen.add(u.email)
+                    out.local_copies.append(u)
+            if external:  # an alias or group of ours with outside members
+                out.remote[user.email] = list(external)
+        else:
+            out.remote[user.email] = [target]
         if keep:
             out.keep.append(user)
         out.forwarded[user.email] = target
-        if not store.directory.is_local_domain(target.rpartition("@")[2]):
-            out.remote[user.email] = [target]
-            continue
-        emails, external = store.directory.expand(target)
-        for email in emails:
-            u = store.directory.find_user(email)
-            if u is not None and u.active and u.email not in seen:
-                seen.add(u.email)
-                out.local_copies.append(u)
-        if external:  # an alias or group of ours with outside members
-            out.remote[user.email] = list(external)
-        if not emails and not external:
-            out.not_forwarded[user.email] = "no such local address"
-            out.forwarded.pop(user.email)
-            if user not in out.keep:
-                out.keep.append(user)
     return out

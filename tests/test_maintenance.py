@@ -56,6 +56,8 @@ def test_run_prunes_by_config_then_by_policy_and_says_so(store) -> None:  # type
     assert ages(store, now) == [10]
     (record, *_older) = store.events.query(kind="admin", limit=None)
     assert record.actor == "maintenance" and record.action == "log.prune" and record.detail["events"] == 2
+    assert maintenance.run(store, 180 * DAY, now=now)["events"] == 0  # nothing to remove: no audit record
+    assert len(store.events.query(kind="admin", limit=None)) == 2
 
 
 def test_the_job_runs_soon_after_start_in_one_process_only(store, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -253,5 +253,9 @@ def test_forward_plan_keeps_spam_and_looping_mail_here(tmp_path) -> None:  # typ
         p = forward.plan(store, users, hops + raw, junk=set())
         assert p.remote == {} and p.not_forwarded[a].startswith("loop")
         assert forward.copy_for(raw, users[0]).startswith(f"Delivered-To: {a}\r\n".encode())
+        store.directory.add_alias("back@example.test", a)  # a forward that leads back to the user: kept here
+        store.directory.set_user_setting(a, "forward_to", "back@example.test")
+        p = forward.plan(store, [store.directory.get_user(a)], raw, junk=set())
+        assert [u.email for u in p.keep] == [a] and p.local_copies == [] and p.not_forwarded[a].startswith("loop")
     finally:
         store.close()
