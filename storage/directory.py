@@ -210,10 +210,14 @@ class Directory:
         """{user id: credential epoch} for the users that still exist (a deleted user is missing)."""
         ids = sorted(set(user_ids))
         out: dict[int, int] = {}
-        for k in range(0, len(ids), 500):
-            with self._s.read() as c:
-                rows = c.execute(select(m.users.c.id, m.users.c.auth_epoch).where(m.users.c.id.in_(ids[k:k + 500]))).all()
-            out.update((r.id, int(r.auth_epoch)) for r in rows)
+        if not ids:
+            return out
+        # polled every half second for every user with a live session: plain SQL, one statement per 500 ids
+        # (a literal integer list, so SQLAlchemy's per-call compilation of an expanding IN is not paid)
+        with self._s.read() as c:
+            for k in range(0, len(ids), 500):
+                chunk = ",".join(str(int(i)) for i in ids[k:k + 500])
+                out.update((int(a), int(b)) for a, b in c.exec_driver_sql(f"SELECT id, auth_epoch FROM users WHERE id IN ({chunk})"))
         return out
 
     def bump_auth_epoch(self, user_id: int, *, end_sessions: bool = False) -> int:
