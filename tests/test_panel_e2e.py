@@ -36,9 +36,13 @@ TOTP: dict[str, str] = {}  # email -> base32 secret, filled by the enrolment
 # --------------------------------------------------------------------------- the server
 @pytest.fixture(scope="module")
 def inst(tmp_path_factory):  # type: ignore[no-untyped-def]
+    from dnsserver import FakeDNS
+
+    fake_dns = FakeDNS()  # the domain pages look records up: never with the host's resolver
     inst = create_test_instance(
         tmp_path_factory.mktemp("panel"),
-        overrides={"auth.max_failures_per_account": 4, "auth.max_failures_per_ip": 1000, "auth.failure_delay": 0.05},
+        overrides={"auth.max_failures_per_account": 4, "auth.max_failures_per_ip": 1000, "auth.failure_delay": 0.05,
+                   "dns.resolvers": ["127.0.0.1"], "dns.port": fake_dns.port},
     )
     store = inst.store()
     try:
@@ -53,7 +57,8 @@ def inst(tmp_path_factory):  # type: ignore[no-untyped-def]
         inst.extra = {"sales": sales.id, "east": east.id, "eng": eng.id}  # type: ignore[attr-defined]
     finally:
         store.close()
-    return inst
+    yield inst
+    fake_dns.close()
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +243,7 @@ def test_domains_add_and_dns_records(admin, base) -> None:  # type: ignore[no-un
     assert "Domain branch.test added" in text
     for needle in ("MX", "v=spf1", "s1._domainkey.branch.test.", "k=ed25519", "_dmarc.branch.test.", "v=DMARC1"):
         assert needle in text
+    assert admin.get_attribute("#dns-records tr[data-purpose='MX']", "data-status") == "missing"  # nothing published yet
     admin.fill("input[name=selector]", "s2025")
     admin.click("form:has(input[name=selector]) button[type=submit]")
     assert "s2025._domainkey.branch.test." in admin.inner_text("main")
