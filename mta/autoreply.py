@@ -38,10 +38,13 @@ log = logging.getLogger("mta")
 
 
 class AutoReplies:
-    def __init__(self, store: Any, queue: OutboundQueue, executor: Any, events: Any = None) -> None:
+    def __init__(self, store: Any, queue: OutboundQueue, executor: Any = None, events: Any = None) -> None:
+        """``executor``: where replies are made; by default one thread of their own, so a burst of
+        replies takes at most one thread and one writer from the deliveries."""
         self._s = store
         self.queue = queue
-        self.executor = executor
+        self._own = executor is None
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mta-autoreply")
         self.events = events
         self._pending: set[concurrent.futures.Future[Any]] = set()
         self._lock = threading.Lock()
@@ -94,3 +97,10 @@ class AutoReplies:
             return True
         _done, left = concurrent.futures.wait(pending, timeout=timeout)
         return not left
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Let the replies in progress finish (up to ``timeout``), then stop the thread; True if all were made."""
+        done = self.drain(timeout)
+        if self._own:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        return done

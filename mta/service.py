@@ -115,7 +115,7 @@ class MtaService:
         for srv in self.servers:
             await srv.wait_closed()
         loop = asyncio.get_running_loop()
-        if self.shared.autoreplies is not None and not await loop.run_in_executor(None, self.shared.autoreplies.drain, 10.0):
+        if self.shared.autoreplies is not None and not await loop.run_in_executor(None, self.shared.autoreplies.close, 10.0):
             log.warning("vacation auto-replies still in progress at stop")
         await loop.run_in_executor(self.shared.executor, self.shared.events.close)
 
@@ -130,7 +130,7 @@ def _shared(ctx: Any) -> Shared:
     events = DeliveryLog(store)
     policy = Policy(store, ttl=float(cfg.smtp.directory_cache_ttl))
     deliverer = Deliverer(store, queue, events)
-    autoreplies = AutoReplies(store, queue, ctx.executor, events)
+    autoreplies = AutoReplies(store, queue, events=events)
     deliverer.after_delivery = autoreplies.after_delivery
     return Shared(
         store=store,
