@@ -132,11 +132,21 @@ def browser():  # type: ignore[no-untyped-def]
         b.close()
 
 
+def watch_errors(page) -> list[str]:  # type: ignore[no-untyped-def]
+    """Console errors and script errors of ``page`` (a refused page's own 403 is expected, not an error)."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "status of 403" not in m.text else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
 @pytest.fixture(scope="module")
 def admin(browser, base, inst):  # type: ignore[no-untyped-def]
     page = new_page(browser)
+    page.errors = watch_errors(page)
     sign_in(page, base, "admin@example.test", inst.accounts["admin@example.test"], enrol=True)
     yield page
+    assert page.errors == []
     page.context.close()
 
 
@@ -191,6 +201,7 @@ def test_queue_list_filter_retry_and_delete(admin, base, inst, mail) -> None:  #
     delete = [e for e in admin_events(inst, "queue.delete") if e.subject == qid]
     assert retry and retry[0].actor == "admin@example.test" and retry[0].ip == "127.0.0.1"
     assert delete and delete[0].detail["recipients"] == ["ann@remote.example"] and delete[0].detail["done"] is True
+    assert admin.errors == []
 
 
 # ---------------------------------------------------------------------- quarantine
@@ -223,6 +234,7 @@ def test_quarantine_release_and_delete(admin, base, inst, mail) -> None:  # type
     assert "Cheap pills" not in table and "You have won too" in table
     assert [e.ip for e in admin_events(inst, "quarantine.release") if e.subject == held["bob"]] == ["127.0.0.1"]
     assert [e.actor for e in admin_events(inst, "quarantine.delete") if e.subject == held["bob2"]] == ["admin@example.test"]
+    assert admin.errors == []
 
 
 # -------------------------------------------------------------------- live DNS
@@ -244,11 +256,13 @@ def test_domain_page_shows_live_dns_and_checks_again(admin, base, inst, fake_dns
     admin.click("#dns-check")
     admin.wait_for_url(re.compile(r"/domains/example.test(#dns)?$"))
     assert status_of(admin, "DKIM (ed25519)") == "ok"
+    assert admin.errors == []
 
 
 # ------------------------------------------------------------------- scopes
 def test_domain_admin_sees_its_domain_only(browser, base, inst, mail) -> None:  # type: ignore[no-untyped-def]
     page = new_page(browser)
+    errors = watch_errors(page)
     try:
         sign_in(page, base, DOMAIN_ADMIN, DOMAIN_ADMIN_PW, enrol=True)
         assert page.inner_text("#queue-count .n") == "1"  # "stays queued"; olga's is another domain's
@@ -266,6 +280,7 @@ def test_domain_admin_sees_its_domain_only(browser, base, inst, mail) -> None:  
         assert page.locator("#headers").count() == 0
         page.click("#retry")
         assert "will be retried" in flash(page)
+        assert errors == []
     finally:
         page.context.close()
     assert queue_ids(inst).keys() >= {"from the other domain", "stays queued"}
