@@ -102,16 +102,29 @@ class TextCache:
 
     Plain text kept in memory only (never written anywhere), zlib-compressed
     (about a third of the text), so a repeated body search neither decrypts
-    nor parses every message again; least recently used first out. Keyed by
-    the stored file, which never changes. Texts are UTF-8 bytes: a casefolded
-    needle is searched for as bytes.
+    nor parses every message again. Keyed by the stored file, which never
+    changes. Texts are UTF-8 bytes: a casefolded needle is searched for as
+    bytes.
+
+    Least recently used first out, but scan-resistant: a search passes the
+    ``mark()`` taken when it started, and an entry it read or added itself is
+    never evicted to make room for the rest of the same search. Plain LRU would
+    have a mailbox larger than the cache miss on every message of every search;
+    this way the part that fits stays and keeps hitting.
     """
 
-    def __init__(self, max_bytes: int = 128 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._d: OrderedDict[str, list] = OrderedDict()
+        self._d: OrderedDict[str, list] = OrderedDict()  # blob id -> [header, body, last use]
         self._size = 0
+        self._clock = 0
         self._lock = threading.Lock()
+
+    def mark(self) -> int:
+        """A point in time: entries used after it belong to the search that took it."""
+        with self._lock:
+            self._clock += 1
+            return self._clock
 
     def get(self, blob_id: str) -> list | None:
         """[header text or None, body text] as bytes (the header is decoded only once TEXT needs it)."""
@@ -119,29 +132,40 @@ class TextCache:
             got = self._d.get(blob_id)
             if got is not None:
                 self._d.move_to_end(blob_id)
+                self._clock += 1
+                got[2] = self._clock
+                head, body = got[0], got[1]
         if got is None:
             return None
-        head, body = got
         return [zlib.decompress(head) if head is not None else None, zlib.decompress(body)]
 
     def has(self, blob_id: str) -> bool:
         return blob_id in self._d
 
-    def put(self, blob_id: str, header: bytes | None, body: bytes) -> None:
+    @staticmethod
+    def _cost(head: bytes | None, body: bytes) -> int:
+        return len(head or b"") + len(body) + 150
+
+    def put(self, blob_id: str, header: bytes | None, body: bytes, since: int | None = None) -> None:
         zh = zlib.compress(header, 1) if header is not None else None
         zb = zlib.compress(body, 1)
-        cost = len(zh or b"") + len(zb) + 150
+        cost = self._cost(zh, zb)
         if cost > self.max_bytes // 8:
             return
         with self._lock:
+            self._clock += 1
             old = self._d.get(blob_id)
             if old is not None:
                 if zh is not None and old[0] is None:
                     old[0] = zh
                     self._size += len(zh)
+                old[2] = self._clock
                 return
-            self._d[blob_id] = [zh, zb]
+            while self._size + cost > self.max_bytes and self._d:
+                _k, oldest = next(iter(self._d.items()))
+                if since is not None and oldest[2] >= since:
+                    return  # full of this search's own entries: keep them, skip this one
+                self._d.popitem(last=False)
+                self._size -= self._cost(oldest[0], oldest[1])
+            self._d[blob_id] = [zh, zb, self._clock]
             self._size += cost
-            while self._size > self.max_bytes and self._d:
-                _k, (h, b) = self._d.popitem(last=False)
-                self._size -= len(h or b"") + len(b) + 150

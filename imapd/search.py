@@ -34,6 +34,7 @@ CHARSETS = {"UTF-8", "US-ASCII"}
 MAX_KEYS = 2000
 
 COST = {"index": 0, "summary": 1, "meta": 2, "header": 3, "body": 4}
+CHUNK = 256  # messages whose structure a header or body search holds at once
 
 
 class BadCharset(ValueError):
@@ -217,6 +218,7 @@ class SearchData:
         self._summaries_loaded = False
         self._meta: dict[int, dict] = {}
         self._fields: dict[str, list[str]] = {}
+        self._mark = texts.mark() if texts is not None else None
 
     def msg(self, i: int):  # type: ignore[no-untyped-def]
         if self._msgs is None:
@@ -272,6 +274,9 @@ class SearchData:
             got = self._meta[i] = self.store.mail.meta(self.user, m)
         return got
 
+    def drop_meta(self) -> None:
+        self._meta.clear()
+
     def open(self, i: int):  # type: ignore[no-untyped-def]
         return self.store.mail.open_blob(self.user, self.msg(i))
 
@@ -312,7 +317,7 @@ class SearchData:
             head = decode_words(raw[: struct["h"][1]].decode("utf-8", "replace")).casefold().encode("utf-8", "replace")
         body = got[1] if got is not None else "\n".join(_texts(raw, struct, 0)).encode("utf-8", "replace")
         if self.texts is not None:
-            self.texts.put(m.blob_id, head, body)
+            self.texts.put(m.blob_id, head, body, self._mark)
         return head or b"", body
 
 
@@ -347,7 +352,15 @@ class Searcher:
             hit = set(self._eval(key.children[0], cands))
             return [i for i in cands if i not in hit]
         if kind in ("BODY", "TEXT") or (kind == "HEADER" and key.cost >= COST["meta"]):
-            self.d.prefetch_meta(cands, bodies=kind != "HEADER")
+            # a slice at a time: the structures of a whole mailbox would not all fit in memory at once
+            test = self._predicate(key)
+            out: list[int] = []
+            for k in range(0, len(cands), CHUNK):
+                part = cands[k:k + CHUNK]
+                self.d.prefetch_meta(part, bodies=kind != "HEADER")
+                out += [i for i in part if test(i)]
+                self.d.drop_meta()
+            return out
         fast = self._fast(key, cands)
         if fast is not None:
             return fast

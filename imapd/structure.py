@@ -156,9 +156,48 @@ def parse_addresses(value: str | None) -> list[tuple[str | None, str | None, str
     return out
 
 
+# The common shapes of an address list, parsed with one regular expression:
+# ``local@domain``, ``Name Words <local@domain>`` and ``"Quoted Name" <local@domain>``,
+# comma-separated. Anything else (comments, groups, routes, escapes, dots in a
+# phrase, a missing domain) takes the full tokenizer. Both give the same result.
+_ATEXT = r"""[^ \t\r\n()<>@,;:\\".\[\]]+"""
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_WORD = rf'(?:"[^"\\]*"|{_ATEXT})'
+_SIMPLE_ADDR = re.compile(
+    rf"""[ \t\r\n]*(?:(?P<l1>{_DOT_ATOM})@(?P<d1>{_DOT_ATOM})"""
+    rf"""|(?P<name>{_WORD}(?:[ \t\r\n]+{_WORD})*)?[ \t\r\n]*<[ \t\r\n]*(?P<l2>{_DOT_ATOM})@(?P<d2>{_DOT_ATOM})[ \t\r\n]*>)"""
+    rf"""[ \t\r\n]*(?:,|\Z)"""
+)
+_NAME_WORD = re.compile(r'"([^"\\]*)"|([^ \t\r\n"]+)')
+
+
+def _simple_addresses(value: str) -> list[tuple[str | None, None, str, str]] | None:
+    """``parse_addresses`` for the common shapes only; None when the value needs the full parser."""
+    out: list[tuple[str | None, None, str, str]] = []
+    pos, n = 0, len(value)
+    match = _SIMPLE_ADDR.match
+    while pos < n:
+        m = match(value, pos)
+        if m is None or m.end() == pos:
+            return None
+        if m.group("l1") is not None:
+            out.append((None, None, m.group("l1"), m.group("d1")))
+        else:
+            name = m.group("name")
+            if name is not None:
+                name = " ".join(w or q for q, w in _NAME_WORD.findall(name))
+            out.append((name, None, m.group("l2"), m.group("d2")))
+        pos = m.end()
+        if value[pos - 1:pos] == "," and not value[pos:].strip(" \t\r\n"):
+            return None  # a trailing comma: leave the oddity to the full parser
+        if len(out) >= MAX_ADDRESSES:
+            return None
+    return out
+
+
 @lru_cache(maxsize=8192)
 def _address_list(value: str | None) -> bytes:
-    addrs = parse_addresses(value)
+    addrs = (_simple_addresses(value) if value else None) or parse_addresses(value)
     if not addrs:
         return b"NIL"
     return b"(" + b"".join(

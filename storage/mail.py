@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, case, delete, func, insert, select, update
@@ -64,6 +64,55 @@ _INFO_COLS = (
     m.messages.c.keywords,
     m.messages.c.modseq,
 )
+
+
+_ENV_PREFIX = b'{"env":'
+_decoder = json.JSONDecoder()
+
+
+class LazyMeta(Mapping):
+    """A message's structure record (``meta``), parsed when first read.
+
+    The record is the JSON ``{"env": {...}, "hdr": {...}, "struct": {...}}``
+    written at ingest. Reading ``env`` alone parses only that first member
+    (``raw_decode`` stops at its end); any other key parses the whole record.
+    """
+
+    __slots__ = ("_raw", "_env", "_full")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw: bytes | None = raw
+        self._env: dict | None = None
+        self._full: dict | None = None
+
+    def _all(self) -> dict:
+        if self._full is None:
+            assert self._raw is not None
+            self._full = json.loads(self._raw)
+            self._raw = None
+        return self._full
+
+    def __getitem__(self, key: str) -> object:
+        if key == "env" and self._full is None:
+            if self._env is None:
+                raw = self._raw
+                assert raw is not None
+                if raw.startswith(_ENV_PREFIX):
+                    text = raw.decode()
+                    self._env = _decoder.raw_decode(text, len(_ENV_PREFIX))[0]
+                else:
+                    self._env = self._all()["env"]
+            return self._env
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __bool__(self) -> bool:
+        return True  # a record is never empty: no need to parse it to know
 
 
 class MailStore:
@@ -271,12 +320,16 @@ class MailStore:
                 self._meta_cache.popitem(last=False)
         return meta
 
-    def metas(self, user: User, msgs: Sequence[MessageInfo]) -> dict[int, dict]:
+    def metas(self, user: User, msgs: Sequence[MessageInfo]) -> dict[int, Mapping]:
         """message id -> meta() for many messages: one query per 500 files, not one per message.
 
-        For bulk FETCH ENVELOPE/BODYSTRUCTURE; does not fill meta()'s cache.
+        For bulk FETCH ENVELOPE/BODYSTRUCTURE and searches; does not fill
+        meta()'s cache. Each value is a ``LazyMeta``: the record is parsed
+        only when read, and ``["env"]`` alone parses only the
+        envelope (the first member of the record): a FETCH ENVELOPE of a whole
+        mailbox neither parses nor keeps every message's MIME tree.
         """
-        out: dict[int, dict] = {}
+        out: dict[int, Mapping] = {}
         need: dict[str, list[int]] = {}
         with self._cache_lock:
             for msg in msgs:
@@ -286,13 +339,13 @@ class MailStore:
                 else:
                     need.setdefault(msg.blob_id, []).append(msg.id)
         blob_ids = list(need)
-        opener, loads = self._s.keyring.open, json.loads
+        opener, account = self._s.keyring.open, user.uuid
         with self._s.read() as c:
             for k in range(0, len(blob_ids), 500):
                 part = blob_ids[k : k + 500]
                 rows = fetch_raw(c, "SELECT blob_id, meta FROM blobs WHERE blob_id IN (" + ",".join("?" * len(part)) + ")", tuple(part))
                 for blob_id, sealed in rows:
-                    meta = loads(opener(user.uuid, bytes(sealed), b"meta|" + blob_id.encode()))
+                    meta = LazyMeta(opener(account, bytes(sealed), b"meta|" + blob_id.encode()))
                     for mid in need[blob_id]:
                         out[mid] = meta
         return out

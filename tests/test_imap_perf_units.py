@@ -1,0 +1,110 @@
+"""The fast paths of the IMAP read side give exactly what the general code gives.
+
+Each shortcut (the one-regex address parser, the envelope-only parse of a
+structure record, the stdlib HKDF of message files, the scan-resistant text
+cache) is checked against the slow, general code it replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from imapd.msgcache import TextCache
+from imapd.structure import _simple_addresses, envelope, parse_addresses
+from storage.blobs import _hkdf_sha256_32
+from storage.crypto import hkdf
+from storage.mail import LazyMeta
+
+ADDRESS_CASES = [
+    "a@b.test",
+    "  a.b@c.d.test  ",
+    "Alice Smith <alice@x.test>",
+    '"Smith, John" <john@x.test>, jane@y.test',
+    '"" <a@b.test>',
+    '"A" B <a@b.test>',
+    "A\tB   <a@b.test>",
+    "=?UTF-8?B?Q2hsb8OpIFNjaG1pZHQ=?= <chlo.schmidt@corp.example>",
+    "Zoë Müller <zoe@ü.example>",
+    '"x\r\n y" <a@b.test>',
+    "< a@b.test >",
+    "a@b.test, c@d.test,e@f.test",
+    # shapes the fast path must hand over to the full parser
+    "A.B <a@b.test>",
+    "a@b.test,",
+    "a@b.test,,c@d.test",
+    "x (comment) <y@z.test>",
+    "team: a@x.test, b@x.test;",
+    '"a\\"b" <c@d.test>',
+    "bare",
+    "<@relay.test:user@x.test>",
+    "a@[192.0.2.1]",
+    '"unterminated <a@b.test>',
+    "a@b.test c@d.test",
+    "A <a@b.test> B",
+    ", a@b.test",
+    "undisclosed-recipients:;",
+]
+
+
+@pytest.mark.parametrize("value", ADDRESS_CASES)
+def test_simple_address_parser_agrees_with_the_full_one(value: str) -> None:
+    fast = _simple_addresses(value)
+    assert fast is None or fast == parse_addresses(value)
+
+
+def test_simple_address_parser_takes_the_common_shapes() -> None:
+    assert _simple_addresses('"Smith, John" <john@x.test>, jane@y.test') == [
+        ("Smith, John", None, "john", "x.test"), (None, None, "jane", "y.test")]
+    assert _simple_addresses("x (comment) <y@z.test>") is None
+    assert _simple_addresses("team: a@x.test;") is None
+    many = ", ".join(f"u{i}@x.test" for i in range(1200))
+    assert _simple_addresses(many) is None and len(parse_addresses(many)) == 1000
+
+
+def test_envelope_unchanged_by_fast_addresses() -> None:
+    env = {"date": "d", "subject": "s", "from": '"Doe, J" <j@x.test>', "to": "a@b.test, C D <c@d.test>"}
+    assert envelope(env) == (
+        b'("d" "s" (("Doe, J" NIL "j" "x.test")) (("Doe, J" NIL "j" "x.test")) (("Doe, J" NIL "j" "x.test"))'
+        b' ((NIL NIL "a" "b.test")("C D" NIL "c" "d.test")) NIL NIL NIL NIL)'
+    )
+
+
+def test_lazy_meta_reads_the_envelope_alone_and_everything_on_demand() -> None:
+    meta = {"env": {"subject": "hi \u00e9", "from": "a@b"}, "hdr": {"list-id": "x"}, "struct": {"type": "text", "h": [0, 5], "e": 9}}
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    lazy = LazyMeta(raw)
+    assert lazy["env"] == meta["env"]
+    assert lazy._full is None  # only the envelope was parsed
+    assert lazy["struct"] == meta["struct"] and lazy.get("hdr", {}).get("list-id") == "x"
+    assert lazy.get("nope") is None and dict(lazy) == meta and bool(lazy)
+    other = LazyMeta(json.dumps({"struct": {}, "env": {"subject": "s"}}).encode())  # another key order
+    assert other["env"] == {"subject": "s"}
+
+
+def test_file_key_derivation_is_rfc5869_hkdf() -> None:
+    for n in (0, 1, 40, 77):
+        key, salt, info = os.urandom(32), os.urandom(16), os.urandom(n)
+        assert _hkdf_sha256_32(key, salt, info) == hkdf(key, info, salt=salt)
+
+
+def test_text_cache_keeps_what_fits_of_a_scan_larger_than_itself() -> None:
+    body = os.urandom(3000)  # incompressible: each entry costs about 3 KB
+    cache = TextCache(max_bytes=32 * 1024)
+    for rnd in range(3):
+        mark = cache.mark()
+        hits = 0
+        for i in range(40):
+            if cache.get(f"b{i}") is not None:
+                hits += 1
+            else:
+                cache.put(f"b{i}", None, body, mark)
+        if rnd:
+            assert hits >= 8  # plain LRU would hit nothing on a cyclic scan
+        assert cache._size <= cache.max_bytes
+    cache.put("new", b"h", body)  # outside a search: ordinary LRU
+    got = cache.get("new")
+    assert got is not None and got[1] == body and got[0] == b"h"
+    assert cache._size <= cache.max_bytes
