@@ -8,25 +8,18 @@ the controller's counters show it. The move itself never waits for rspamd.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from antispam import testing
 from antispam.learning import classify
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory, request):  # type: ignore[no-untyped-def]
-    from tests.conftest import create_test_instance
+    """The session's real rspamd (antispamkit): started once for all the antispam tests."""
+    from antispamkit import shared_harness
 
-    inst = create_test_instance(tmp_path_factory.mktemp("learning"), overrides=testing.overrides())
-    cache = Path(request.config.cache.mkdir("rspamd-compiled"))
-    testing.seed_cache(inst.path, cache)
-    h = testing.Harness(inst.config())
-    yield h
-    h.close()
-    testing.save_cache(inst.path, cache)
+    return shared_harness(request, tmp_path_factory)
 
 
 def message(n: int) -> bytes:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-from antispam import testing
 from antispam.client import RspamdClient, RspamdError
 
 GTUBE = (b"From: x@spam.example\r\nTo: bob@example.test\r\nSubject: test\r\n"
@@ -39,16 +37,10 @@ ENVELOPE = {"mail_from": "x@spam.example", "rcpts": ["bob@example.test"], "ip": 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory, request):  # type: ignore[no-untyped-def]
-    from tests.conftest import create_test_instance
+    """The session's real rspamd (antispamkit): started once for all the antispam tests."""
+    from antispamkit import shared_harness
 
-    inst = create_test_instance(tmp_path_factory.mktemp("antispam"), overrides=testing.overrides())
-    cache = Path(request.config.cache.mkdir("rspamd-compiled"))
-    testing.seed_cache(inst.path, cache)
-    h = testing.Harness(inst.config())
-    h.inst = inst  # type: ignore[attr-defined]
-    yield h
-    h.close()
-    testing.save_cache(inst.path, cache)
+    return shared_harness(request, tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
