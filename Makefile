@@ -26,6 +26,7 @@ run: $(STAMP) $(DEV)/appliance.toml
 	@cat $(DEV)/demo-accounts.json
 	@echo "Mail clients: SMTP 127.0.0.1:2587 (STARTTLS) or 2465 (TLS), IMAP 127.0.0.1:2143 (STARTTLS) or 2993 (TLS), POP3 2110/2995."
 	@echo "Web panel: http://127.0.0.1:8080 (sign in as admin@example.test). Ctrl-C stops."
+	@$(BIN)/appliance -c $(DEV)/appliance.toml migrate >/dev/null
 	$(BIN)/appliance -c $(DEV)/appliance.toml up
 
 # Debian packages the tests use; installed only when running as root and missing.
