@@ -515,12 +515,23 @@ def test_admin_download_and_cli_export(admin, base, inst, tmp_path) -> None:  # 
 
 
 def test_log_prune_cli(inst) -> None:  # type: ignore[no-untyped-def]
-    store = inst.store()
+    import fcntl
+    import os
+    from pathlib import Path
+
+    # hold the running server's daily job off (it skips while another process holds its lock),
+    # so the ancient event is still there for the CLI to prune
+    lock = os.open(Path(inst.config().instance.data_dir) / "maintenance.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        store.events.record("admin", action="ancient", actor="x", ts=time.time() - 400 * 86400)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        store = inst.store()
+        try:
+            store.events.record("admin", action="ancient", actor="x", ts=time.time() - 400 * 86400)
+        finally:
+            store.close()
+        r = inst.cli("log", "prune", "--json")
     finally:
-        store.close()
-    r = inst.cli("log", "prune", "--json")
+        os.close(lock)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["events"] >= 1
     assert inst.cli("log", "prune", "--older-than", "1h").returncode == 64
