@@ -21,8 +21,16 @@ started it). Then, on each server:
 4. memory: --idle connections that log in, SELECT INBOX and IDLE; the summed
    RSS (and PSS) of the server's process tree, before and with them open.
 
-Times include imaplib's parsing on the client side, the same for both servers.
-Prints ours, Dovecot's and the ratio (>1 means ours is faster / leaner).
+Times include imaplib's parsing on the client side, the same for both servers;
+the CPU rows give what the server's own processes spent on each operation
+(user + system time, in 10 ms ticks), which the client's share of the two
+cores does not blur. Prints ours, Dovecot's and the ratio (>1 means ours is
+faster / leaner).
+
+--big N adds the read operations on an N-message mailbox filled directly
+(ours through the store API, Dovecot as Maildir files). With --keep the
+instance of ours stays; --reuse DIR runs on it again and --big-reuse skips the
+fill where the mailbox already holds N messages, on both servers.
 """
 
 from __future__ import annotations
@@ -105,13 +113,32 @@ def fill(t: Target, n: int, box: str = MAILBOX) -> dict:
             "mib": round(sum(map(len, msgs)) / 1048576, 1), "subject_hits": hits}
 
 
+def cpu_ms(roots: list[int]) -> float:
+    """CPU time (user + system) used so far by the process trees under ``roots``, in ms."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in tree_pids(roots):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total * 1000 / tick
+
+
 def one_run(t: Target, rng: random.Random, box: str = MAILBOX) -> dict:
+    """One timed pass; ``times_ms`` is what the client waited, ``cpu_ms`` what the server's processes spent."""
     tm: dict[str, float] = {}
+    cpu: dict[str, float] = {}
 
     def timed(name: str, fn):  # type: ignore[no-untyped-def]
+        c0 = cpu_ms(t.pids) if t.pids else 0.0
         t0 = time.perf_counter()
         out = fn()
         tm[name] = (time.perf_counter() - t0) * 1000
+        if t.pids:
+            cpu[name] = cpu_ms(t.pids) - c0
         return out
 
     c = connect(t)
@@ -137,8 +164,18 @@ def one_run(t: Target, rng: random.Random, box: str = MAILBOX) -> dict:
 
     nbytes = timed("fetch_body_100", bodies)
     c.logout()
-    return {"times_ms": tm, "exists": exists, "flags": len(uids), "envelopes": envelopes,
+    return {"times_ms": tm, "cpu_ms": cpu, "exists": exists, "flags": len(uids), "envelopes": envelopes,
             "subject_hits": subject_hits, "body_hits": body_hits, "body_bytes": nbytes}
+
+
+def mailbox_size(t: Target, box: str) -> int | None:
+    """EXISTS of ``box`` (None if it does not exist)."""
+    c = login(t)
+    try:
+        typ, data = c.select(box, readonly=True)
+        return int(data[0]) if typ == "OK" else None
+    finally:
+        c.logout()
 
 
 def fill_big(t: Target, n: int, box: str) -> dict:
@@ -352,6 +389,23 @@ def start_ours(n_users: int):  # type: ignore[no-untyped-def]
     return t, server
 
 
+def reuse_ours(path: Path):  # type: ignore[no-untyped-def]
+    """Our server on an instance made by an earlier run with --keep (same users, same mail)."""
+    import tomllib
+
+    from tests.conftest import Instance, Server
+
+    config_path = path / "appliance.toml"
+    cfg = tomllib.loads(config_path.read_text())
+    port = int(cfg["listeners"]["imap"]["bind"].rsplit(":", 1)[1])
+    domain = cfg["instance"].get("domain") or cfg["instance"]["hostname"].split(".", 1)[1]
+    inst = Instance(path, config_path, domain, {"imap": port})
+    users = [(f"bench{i}@{domain}", "bench-pass-123") for i in range(100)]
+    server = Server(inst, services=["imapd"])
+    print(f"[ours] reusing instance {inst.path}", flush=True)
+    return Target("ours", "127.0.0.1", port, users[0][0], users[0][1], [server.proc.pid], users, inst=inst), server
+
+
 def dovecot_running() -> bool:
     out = subprocess.run([str(ANCHORS / "reference-stack.sh"), "status"], capture_output=True, text=True).stdout
     return "dovecot running" in out
@@ -390,6 +444,8 @@ def run_targets(targets: list[Target], a: argparse.Namespace) -> None:
         runs = t.results["runs"][1:] or t.results["runs"]  # the first run is cold (caches being built)
         if runs:
             t.results["median_ms"] = {k: round(statistics.median(r["times_ms"][k] for r in runs), 1) for k in OPS}
+            if all(r.get("cpu_ms") for r in runs):
+                t.results["median_cpu_ms"] = {k: round(statistics.median(r["cpu_ms"][k] for r in runs), 1) for k in OPS}
             t.results["cold_ms"] = t.results["runs"][0]["times_ms"]
     if a.mixed_seconds > 0 and a.messages:
         for t in targets:
@@ -403,11 +459,15 @@ def run_targets(targets: list[Target], a: argparse.Namespace) -> None:
     if a.big > 0:
         box = f"bench-{a.big // 1000}k"
         for t in targets:
-            print(f"[{t.name}] big fill: {a.big} messages ...", flush=True)
-            t.results["big_fill"] = fill_big(t, a.big, box)
-            print(f"[{t.name}]   {t.results['big_fill']}", flush=True)
+            have = mailbox_size(t, box)
+            if a.big_reuse and have == a.big:
+                print(f"[{t.name}] {box} already holds {have} messages: reused", flush=True)
+            else:
+                print(f"[{t.name}] big fill: {a.big} messages ...", flush=True)
+                t.results["big_fill"] = fill_big(t, a.big, box)
+                print(f"[{t.name}]   {t.results['big_fill']}", flush=True)
             t.results["big_runs"] = []
-        for i in range(3):
+        for i in range(max(3, a.big_runs)):
             for t in targets:
                 r = one_run(t, random.Random(i), box)
                 t.results["big_runs"].append(r)
@@ -416,6 +476,9 @@ def run_targets(targets: list[Target], a: argparse.Namespace) -> None:
         for t in targets:
             runs = t.results["big_runs"]
             t.results["big_median_ms"] = {k: round(statistics.median(r["times_ms"][k] for r in runs[1:]), 1) for k in OPS}
+            if all(r.get("cpu_ms") for r in runs[1:]):
+                t.results["big_median_cpu_ms"] = {k: round(statistics.median(r["cpu_ms"][k] for r in runs[1:]), 1)
+                                                  for k in OPS}
             t.results["big_cold_ms"] = runs[0]["times_ms"]
 
 
@@ -441,12 +504,19 @@ def report(targets: list[Target], a: argparse.Namespace) -> None:
             row(k, [t.results["median_ms"][k] for t in targets], "ms", False)
         for k in ("select", "fetch_envelope", "search_subject", "search_body"):
             row(f"{k} (cold)", [t.results["cold_ms"][k] for t in targets], "ms", False)
+        if all("median_cpu_ms" in t.results for t in targets):
+            print("  -- server CPU per operation (user + system of the server's processes, 10 ms ticks)")
+            for k in OPS[1:]:
+                row(f"{k} CPU", [t.results["median_cpu_ms"][k] for t in targets], "ms", False)
     if all("big_median_ms" in t.results for t in targets):
         print(f"  -- {a.big:,}-message mailbox (median of runs 2..3; run 1 cold)")
         for k in OPS[1:]:
             row(f"{k}", [t.results["big_median_ms"][k] for t in targets], "ms", False)
         for k in ("select", "fetch_envelope", "search_subject", "search_body"):
             row(f"{k} (cold)", [t.results["big_cold_ms"][k] for t in targets], "ms", False)
+        if all("big_median_cpu_ms" in t.results for t in targets):
+            for k in OPS[1:]:
+                row(f"{k} CPU", [t.results["big_median_cpu_ms"][k] for t in targets], "ms", False)
     if all("mixed" in t.results for t in targets):
         row(f"mixed {a.clients} clients", [t.results["mixed"]["ops_per_s"] for t in targets], "op/s", True)
         row("  p99 latency", [t.results["mixed"]["p99_ms"] for t in targets], "ms", False)
@@ -464,6 +534,10 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--idle", type=int, default=1000)
     p.add_argument("--big", type=int, default=0, help="also time the read operations on a mailbox this large (e.g. 100000)")
+    p.add_argument("--big-runs", type=int, default=3, help="timed passes over the --big mailbox (the first is cold)")
+    p.add_argument("--big-reuse", action="store_true",
+                   help="skip the --big fill on a server whose mailbox already holds exactly that many messages")
+    p.add_argument("--reuse", metavar="DIR", help="run our server on an instance kept by an earlier --keep (its mail stays)")
     p.add_argument("--no-dovecot", action="store_true")
     p.add_argument("--only-dovecot", action="store_true")
     p.add_argument("--host")
@@ -481,9 +555,9 @@ def main() -> int:
             targets.append(Target("server", a.host, a.port or 143, a.user, a.password, a.pid))
         else:
             if not a.only_dovecot:
-                t, server = start_ours(100)
+                t, server = reuse_ours(Path(a.reuse)) if a.reuse else start_ours(100)
                 targets.append(t)
-                if not a.keep:
+                if not a.keep and not a.reuse:
                     import shutil
 
                     cleanup.append(lambda p=server.inst.path: shutil.rmtree(p, ignore_errors=True))
