@@ -70,6 +70,18 @@ _ENV_PREFIX = b'{"env":'
 _decoder = json.JSONDecoder()
 
 
+def _parse_many(docs: list[bytes]) -> list:
+    """``[json.loads(d) for d in docs]`` in one pass of the decoder (a cold search reads 100,000)."""
+    if len(docs) > 1:
+        try:
+            got = json.loads(b"[" + b",".join(docs) + b"]")
+        except ValueError:
+            got = None
+        if isinstance(got, list) and len(got) == len(docs):
+            return got
+    return [json.loads(d) for d in docs]
+
+
 class LazyMeta(Mapping):
     """A message's structure record (``meta``), parsed when first read.
 
@@ -378,9 +390,9 @@ class MailStore:
                             " WHERE m.id IN (" + ",".join("?" * len(part)) + ")",
                             tuple(part),
                         )
-        opener = self._s.keyring.open
-        loads = json.loads
-        new = {i: loads(opener(user.uuid, bytes(sealed), b"summary|" + blob_id.encode())) for i, blob_id, sealed in fetched}
+        opener, account = self._s.keyring.open, user.uuid
+        plains = [opener(account, bytes(sealed), b"summary|" + blob_id.encode()) for _i, blob_id, sealed in fetched]
+        new = dict(zip((r[0] for r in fetched), _parse_many(plains), strict=True))
         if new:
             with self._cache_lock:
                 cache.update(new)

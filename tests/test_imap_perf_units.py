@@ -108,3 +108,13 @@ def test_text_cache_keeps_what_fits_of_a_scan_larger_than_itself() -> None:
     got = cache.get("new")
     assert got is not None and got[1] == body and got[0] == b"h"
     assert cache._size <= cache.max_bytes
+
+
+def test_many_records_parse_as_one_and_fall_back_one_by_one() -> None:
+    from storage.mail import _parse_many
+
+    docs = [json.dumps({"subject": f"s{i}", "sent": None}).encode() for i in range(5)]
+    assert _parse_many(docs) == [json.loads(d) for d in docs]
+    with pytest.raises(ValueError):
+        _parse_many([b'{"a":1},{"b":2}', b'{"c":3}'])  # not one record each: never misaligned
+    assert _parse_many([]) == [] and _parse_many([b"[1]"]) == [[1]]
