@@ -48,6 +48,16 @@ class Shared:
     autoreplies: Any = None  # mta.autoreply.AutoReplies, or None
 
 
+@dataclass(frozen=True)
+class SenderState:
+    """What ``Handler._sender_state`` found at MAIL: the credential epoch now, why the session's
+    credentials no longer hold (a ``session_check`` reason) or None, the frozen-account reply or None."""
+
+    epoch: int
+    revoked: str | None
+    frozen: str | None
+
+
 def _size_option(options: list[str]) -> int:
     for opt in options:
         if opt.startswith("SIZE="):
@@ -190,6 +200,9 @@ class Handler:
             client=None,
         )
         if outcome.ok:
+            # what the login proved, for the revocation check at every MAIL (``_revoked``)
+            server.login_credential = outcome.credential
+            server.login_epoch = outcome.epoch
             return AuthResult(success=True, auth_data=outcome.user, message=R.AUTH_OK)
         await asyncio.sleep(outcome.delay)
         reply = {"locked": R.AUTH_LOCKED, "ip_blocked": R.AUTH_IP_BLOCKED, "disabled": R.AUTH_DISABLED}.get(outcome.reason, R.AUTH_FAILED)
@@ -201,16 +214,43 @@ class Handler:
         sender = "" if address == "<>" else address
         if self.submission:
             user = session.auth_data
+            state = await self._run(self._sender_state, user, server.login_credential, server.login_epoch)
+            if state.revoked is not None:
+                log.info("smtp session of %s from %s ended: %s", user.email, server.peer_ip, state.revoked)
+                server.close_after_reply(R.AUTH_REVOKED_CLOSE)
+                return R.AUTH_REVOKED.get(state.revoked, R.AUTH_REVOKED["ended"])
+            server.login_epoch = state.epoch
+            if state.frozen:
+                return state.frozen
             if not sender or not await self._policy(self.shared.policy.may_send_as, user, sender):
                 return R.MAIL_NOT_YOURS
-            if self.shared.outbound is not None:
-                frozen = await self._run(self.shared.outbound.frozen_reply, user.email)
-                if frozen:
-                    return frozen
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.declared_size = _size_option(mail_options)
         return R.MAIL_OK
+
+    def _sender_state(self, user: Any, credential: str | None, epoch: int) -> SenderState:
+        """In the executor, at every MAIL of an authenticated session: do its credentials still hold, and
+        may the account send?
+
+        The credential epoch is one primary-key read; only when it moved since the login (a password
+        change, an app password revoked, the account disabled, "this wasn't me"...) does
+        ``session_check`` say whether this session's own credential is affected. A database error
+        here does not end the session: the store is then unusable for the message anyway.
+        """
+        store = self.shared.store
+        now = epoch
+        try:
+            current = store.directory.auth_epochs([user.id]).get(user.id)
+            if current != epoch:
+                reason = store.auth.session_check(user.id, credential, epoch, protocol="smtp")
+                if reason is not None:
+                    return SenderState(epoch, reason, None)
+                now = epoch if current is None else current
+        except Exception:  # noqa: BLE001
+            log.exception("credential check of %s failed", user.email)
+        frozen = self.shared.outbound.frozen_reply(user.email) if self.shared.outbound is not None else None
+        return SenderState(now, None, frozen)
 
     # ---------------------------------------------------------------- RCPT
     def _check_rcpt(self, session: Any, envelope: MtaEnvelope, address: str) -> Verdict:

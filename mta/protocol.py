@@ -16,6 +16,8 @@ keeps the mail policy):
 * plaintext pipelined after STARTTLS is discarded (aiosmtpd does it; tested);
 * malformed MAIL/RCPT arguments (``<user@x`` without ``>``, NUL) refused;
 * no AUTH at all on the MX listener;
+* a session whose credentials were revoked since its AUTH gets the reason at
+  its next MAIL, then 421 and the connection closed (``close_after_reply``);
 * a graceful ``shutdown``: a session idle between commands is told 421 and
   closed at once; one in the middle of a command (DATA, a delivery) finishes
   it first.
@@ -127,6 +129,11 @@ class MtaSMTP(SMTP):
         self._plain_replies = False  # greeting and EHLO/HELO answers carry no enhanced code
         self._deadline = 0.0
         self._timer_armed = False
+        self._close_after: str | None = None
+        # (not "auth_*": aiosmtpd takes such attributes for AUTH mechanisms)
+        #: what an AUTH proved ("password:<fingerprint>" or "app:<id>") and the user's credential epoch then
+        self.login_credential: str | None = None
+        self.login_epoch = 0
         super().__init__(handler, timeout=limits.idle_timeout, data_size_limit=limits.max_message_size, **kwargs)
         self._smtp_methods = {name: self._tracked(method) for name, method in self._smtp_methods.items()}
 
@@ -148,7 +155,9 @@ class MtaSMTP(SMTP):
                 await method(arg)
             finally:
                 self._busy = False
-                if self._closing:
+                if self._close_after is not None:
+                    self._close_with(self._close_after)
+                elif self._closing:
                     self._close_with(R.SHUTDOWN)
 
         return run
@@ -232,6 +241,10 @@ class MtaSMTP(SMTP):
         self._closing = True
         if not self._busy:
             self._close_with(R.SHUTDOWN)
+
+    def close_after_reply(self, status: str) -> None:
+        """End the session once the command in progress has answered: ``status`` (a 421) comes last."""
+        self._close_after = status
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -90,6 +90,18 @@ class R:
     AUTH_NOT_HERE = "503 5.5.1 AUTH not available on this port; use submission (port 587 or 465)"
     AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
     AUTH_BAD_PLAIN = "501 5.5.2 Cannot split AUTH PLAIN value"
+    #: why an authenticated session's credentials no longer hold (storage.auth.Authenticator.session_check)
+    AUTH_REVOKED = {
+        "password_changed": "535 5.7.8 Authentication credentials revoked: the password of this account was changed; "
+                            "log in with the new one",
+        "app_password_revoked": "535 5.7.8 Authentication credentials revoked: the app password of this session was revoked",
+        "app_password_required": "530 5.7.0 Authentication credentials revoked: this account now requires an app password",
+        "disabled": "535 5.7.8 Authentication credentials revoked: this account is disabled; contact your administrator",
+        "deleted": "535 5.7.8 Authentication credentials revoked: this account no longer exists",
+        "ended": "530 5.7.0 Authentication credentials revoked: your sessions were ended from the security settings; "
+                 "log in again",
+    }
+    AUTH_REVOKED_CLOSE = "421 4.7.0 Credentials revoked; closing connection"
 
     # MAIL
     MAIL_OK = "250 2.1.0 Sender OK"
