@@ -53,6 +53,17 @@ add_translations(
         "antispam: {state} ({detail})": "反垃圾邮件：{state}（{detail}）",
         "off": "已关闭",
         "unavailable": "不可用",
+        "conflict": "端口冲突",
+        "{program} (pid {pid})": "{program}（pid {pid}）",
+        "another program": "另一个程序",
+        "port {port} ({key}) is held by {who}, which the appliance did not start":
+            "端口 {port}（{key}）被 {who} 占用，它不是本系统启动的",
+        "the appliance runs its own {program}: systemctl disable --now {unit} && systemctl mask {unit}, "
+        "then systemctl restart appliance-antispam":
+            "本系统自带 {program}：请执行 systemctl disable --now {unit} && systemctl mask {unit}，"
+            "然后执行 systemctl restart appliance-antispam",
+        "stop that program, or choose another port for {key} in appliance.toml":
+            "请停止该程序，或在 appliance.toml 中为 {key} 另选端口",
         "no such quarantined message: {id}": "隔离区中没有这封邮件：{id}",
         # CLI
         "spam filter: allow and block lists, thresholds, statistics": "垃圾邮件过滤：白名单、黑名单、阈值、统计",

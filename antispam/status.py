@@ -25,7 +25,11 @@ def _ping(url: str, timeout: float = 1.0) -> bool:
 
 
 def describe(cfg: Any) -> dict[str, str]:
-    """``{"state": "up" | "down" | "off" | "unavailable", "detail": ...}`` (translated detail)."""
+    """``{"state": "up" | "down" | "off" | "unavailable" | "conflict", "detail": ...}`` (translated detail).
+
+    "conflict": a program the appliance did not start (Debian's rspamd.service...) holds a port of
+    the managed rspamd, redis or unbound; the detail names it and the unit to stop.
+    """
     from .daemons import missing_programs
 
     a = cfg.antispam
@@ -36,6 +40,11 @@ def describe(cfg: Any) -> dict[str, str]:
         if missing:
             return {"state": "unavailable", "detail": _("not installed: {packages} (apt install {packages}); mail is accepted unchecked").format(
                 packages=" ".join(missing))}
+        from .ports import foreign
+
+        clash = foreign(cfg)
+        if clash:
+            return {"state": "conflict", "detail": "; ".join([*(h.describe() for h in clash), clash[0].fix()])}
     if _ping(a.url):
         return {"state": "up", "detail": _("rspamd answers at {url}").format(url=a.url)}
     return {"state": "down", "detail": _("rspamd does not answer at {url}; mail follows antispam.on_failure = {policy}").format(

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,13 @@ def _addresses() -> tuple[list[str], list[str]]:
     return s.global_addresses(4), s.global_addresses(6)
 
 
+def _antispam_foreign(cfg: Any) -> list[Any]:
+    """Listeners on the managed antispam's ports that the appliance did not start (antispam.ports)."""
+    from antispam.ports import foreign
+
+    return foreign(cfg)
+
+
 @dataclass
 class DoctorProbes:
     """How the doctor looks outside; tests replace parts."""
@@ -64,6 +71,7 @@ class DoctorProbes:
     lookup: Lookup | None = None  # None: the resolvers of [dns]
     addresses: Callable[[], tuple[list[str], list[str]]] = _addresses
     licence_kw: dict[str, Any] | None = None  # fingerprint=, public_key= for tests
+    antispam_foreign: Callable[[Any], list[Any]] = field(default_factory=lambda: _antispam_foreign)
 
 
 def run_doctor(cfg: Any, out: BufferedOutput, *, dns: bool = True, probes: DoctorProbes | None = None) -> None:
@@ -243,9 +251,17 @@ def _services(cfg: Any, out: BufferedOutput, probes: DoctorProbes) -> None:
     if not cfg.antispam.enabled:
         out.print_warning(_("spam filtering is off (antispam.enabled = false)"), _("turn it on in appliance.toml"), check="rspamd")
         return
+    clash = probes.antispam_foreign(cfg)
+    for holder in clash:  # Debian's rspamd.service on our rspamd's ports: the scanner may be talking to it
+        out.print_error(holder.describe(), holder.fix(), check=f"antispam-port-{holder.port}")
     reply = probes.http_get(cfg.antispam.url.rstrip("/") + "/ping", min(5.0, cfg.antispam.timeout))
     if reply is not None and reply.strip().lower().startswith("pong"):
-        out.print_ok(_("rspamd answers at {url}").format(url=cfg.antispam.url), check="rspamd")
+        if not clash:
+            out.print_ok(_("rspamd answers at {url}").format(url=cfg.antispam.url), check="rspamd")
+    elif cfg.antispam.managed:
+        out.print_error(_("rspamd does not answer at {url}").format(url=cfg.antispam.url),
+                        _("systemctl restart appliance-antispam: it runs rspamd, redis and unbound (antispam.on_failure "
+                          "decides what happens to mail meanwhile)"), check="rspamd")
     else:
         out.print_error(_("rspamd does not answer at {url}").format(url=cfg.antispam.url),
                         _("systemctl start rspamd redis-server (antispam.on_failure decides what happens to mail meanwhile)"), check="rspamd")

@@ -396,6 +396,19 @@ add_translations(
         "the trial allows {n} active mailboxes and {active} are in use{why}; install a licence with 'appliance licence install FILE' to add more": "试用版允许 {n} 个活动邮箱，已使用 {active} 个{why}；用 'appliance licence install FILE' 安装许可证后可添加更多",
         "the licence does not cover the domain {domain} (it covers {domains}); ask the vendor to add it": "许可证不包含域名 {domain}（包含 {domains}）；请联系供应商加入",
         "licence: {warning}": "许可证：{warning}",
+        "systemctl restart appliance-antispam: it runs rspamd, redis and unbound (antispam.on_failure "
+        "decides what happens to mail meanwhile)":
+            "systemctl restart appliance-antispam：它负责运行 rspamd、redis 和 unbound（在此期间邮件如何处理由 antispam.on_failure 决定）",
+        "antispam is not managed by the appliance: left {units} alone": "反垃圾邮件不由本系统管理：未改动 {units}",
+        "stopped {unit} (masked, but still running)": "已停止 {unit}（已屏蔽，但仍在运行）",
+        "would stop {unit}": "将停止 {unit}",
+        "{unit} stays masked (the appliance runs its own)": "{unit} 保持屏蔽（本系统自带该服务）",
+        "stopped, disabled and masked {unit}: the appliance runs its own": "已停止、禁用并屏蔽 {unit}：本系统自带该服务",
+        "would stop, disable and mask {unit}": "将停止、禁用并屏蔽 {unit}",
+        "stop it by hand (systemctl disable --now {unit}; systemctl mask {unit}) and run the installer again: "
+        "it would take the ports of the appliance's own rspamd":
+            "请手动停止它（systemctl disable --now {unit}; systemctl mask {unit}）后重新运行安装程序：它会占用本系统自带 rspamd 的端口",
+        "unmasked {unit} (it stays disabled)": "已取消屏蔽 {unit}（仍保持禁用）",
         "licence not valid, running with the trial limits ({n} mailboxes); existing mail keeps flowing: {reason}": "许可证无效，按试用限制运行（{n} 个邮箱）；现有邮件收发不受影响：{reason}",
     },
 )

@@ -42,6 +42,7 @@ from .provision import (
     ensure_user,
     fix_data_ownership,
     read_state,
+    release_distribution_units,
     write_file,
     write_state,
 )
@@ -298,6 +299,7 @@ def _step_units(ctx: Context, hooks: Hooks) -> None:
         log.note(_("systemd is not running here (or --root): start the services with 'systemctl enable --now appliance.target' "
                    "on the real host, or 'appliance -c {config} up' by hand").format(config=layout.config))
         return
+    release_distribution_units(ctx, systemctl)  # Debian's rspamd.service would hold our rspamd's ports
     if ctx.opts.dry_run:
         log.note(_("would run: systemctl daemon-reload; systemctl enable --now appliance.target"))
         return
@@ -417,6 +419,9 @@ def run_uninstall(root: Path, *, purge: bool, yes: bool, hooks: Hooks | None = N
             removed += 1
     if running:
         systemctl("daemon-reload")
+        for unit in read_state(layout).get("masked_units", []):  # Debian's rspamd/redis units, masked by the install
+            if systemctl("unmask", unit)[0]:
+                out.write(_("unmasked {unit} (it stays disabled)").format(unit=unit) + "\n")
     out.write(_("removed {n} systemd units from {path}").format(n=removed, path=layout.units) + "\n")
     if layout.command_link.is_symlink():
         layout.command_link.unlink()

@@ -526,3 +526,69 @@ def ensure_database(ctx: Context) -> None:
         store.close()
     if not ctx.log.changed:
         ctx.log.note(_("database up to date"))
+
+
+# ---------------------------------------------------------------- the distribution's own spam daemons
+
+# Installing Debian's rspamd and redis-server packages (the managed antispam runs their programs) also
+# enables their own units: rspamd.service takes 11332-11334, our managed rspamd's default ports, and
+# redis-server.service runs a second, password-less redis on 6379 that nothing uses. unbound.service is
+# left alone: it may be the host's own resolver, and ours listens on another port (antispam.dns_port).
+DISTRIBUTION_UNITS = ("rspamd.service", "redis-server.service")
+
+
+def _unit_state(systemctl: Callable[..., tuple[bool, str]], verb: str, unit: str) -> str:
+    _ok, detail = systemctl(verb, unit)
+    return detail.strip()
+
+
+def release_distribution_units(ctx: Context, systemctl: Callable[..., tuple[bool, str]]) -> list[str]:
+    """Stop, disable and mask Debian's rspamd.service and redis-server.service if the managed antispam is on.
+
+    Masked, not only disabled: a package upgrade or a dependency could start a disabled unit again and
+    take the ports back. Returns the units this run masked (``appliance uninstall`` unmasks them).
+    Needs systemd; the caller decides whether it runs.
+    """
+    from appliance.config import ConfigError, load_config
+
+    if not ctx.layout.config.exists():
+        return []  # a dry run of a first install
+    try:
+        a = load_config(ctx.layout.config).antispam
+    except (ConfigError, OSError):
+        return []  # ensure_config has said what is wrong
+    if not (a.enabled and a.managed):
+        ctx.log.note(_("antispam is not managed by the appliance: left {units} alone").format(units=", ".join(DISTRIBUTION_UNITS)))
+        return []
+    masked = []
+    for unit in DISTRIBUTION_UNITS:
+        state = _unit_state(systemctl, "is-enabled", unit)
+        if state in ("", "not-found") or "No such file" in state or "not found" in state or "does not exist" in state:
+            continue  # the package is not installed
+        if state.startswith("masked"):
+            if _unit_state(systemctl, "is-active", unit) in ("active", "activating", "reloading"):
+                ctx.log.act(_("stopped {unit} (masked, but still running)").format(unit=unit),
+                            _("would stop {unit}").format(unit=unit), lambda u=unit: _must(systemctl, "stop", u))
+            else:
+                ctx.log.note(_("{unit} stays masked (the appliance runs its own)").format(unit=unit))
+            continue
+
+        def release(u: str = unit) -> None:
+            _must(systemctl, "disable", "--now", u)
+            _must(systemctl, "mask", u)
+
+        ctx.log.act(_("stopped, disabled and masked {unit}: the appliance runs its own").format(unit=unit),
+                    _("would stop, disable and mask {unit}").format(unit=unit), release)
+        masked.append(unit)
+    if masked and not ctx.opts.dry_run:
+        earlier = read_state(ctx.layout).get("masked_units", [])
+        write_state(ctx, masked_units=sorted({*earlier, *masked}))
+    return masked
+
+
+def _must(systemctl: Callable[..., tuple[bool, str]], *args: str) -> None:
+    ok, detail = systemctl(*args)
+    if not ok:
+        raise InstallError(_("systemctl {args} failed: {detail}").format(args=" ".join(args), detail=detail),
+                           _("stop it by hand (systemctl disable --now {unit}; systemctl mask {unit}) and run the installer "
+                             "again: it would take the ports of the appliance's own rspamd").format(unit=args[-1]))
