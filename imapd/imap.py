@@ -29,6 +29,7 @@ from storage.errors import StoreError
 from .cmd_auth import AuthCommands
 from .cmd_mailbox import MailboxCommands
 from .cmd_message import MessageCommands
+from .cmd_sort import SortCommands
 from .conn import Connection
 from .login import REVOKED_TEXT
 from .parser import Args, ParseError, split_tag, tokenize
@@ -40,7 +41,7 @@ log = logging.getLogger("imapd")
 _LITERAL = re.compile(rb"\{(\d{1,20})(\+?)\}$")
 INTERACTIVE = {"STARTTLS", "AUTHENTICATE", "IDLE"}
 # commands during which an EXPUNGE must not be sent (RFC 3501 7.4.1)
-NO_EXPUNGE = {"FETCH", "STORE", "SEARCH"}
+NO_EXPUNGE = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Command:
     reject: bytes | None = None
 
 
-class ImapConnection(AuthCommands, MailboxCommands, MessageCommands, Connection):
+class ImapConnection(AuthCommands, MailboxCommands, MessageCommands, SortCommands, Connection):
     protocol_name = "imap"
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -109,7 +110,8 @@ class ImapConnection(AuthCommands, MailboxCommands, MessageCommands, Connection)
     def capabilities(self) -> bytes:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
                 "MOVE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
-                "CONDSTORE", "QRESYNC", "ESEARCH", "BINARY", "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
+                "CONDSTORE", "QRESYNC", "ESEARCH", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+                "BINARY", "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
                 f"APPENDLIMIT={self.shared.limits.max_literal_size}"]
         if self.user is None:
             if self.secure or not self.starttls_allowed:
@@ -323,7 +325,7 @@ class ImapConnection(AuthCommands, MailboxCommands, MessageCommands, Connection)
         uid = False
         if name == "UID":
             name, uid = cmd.sub, True
-            if name not in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"):
+            if name not in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD"):
                 self._count_bad(b"BAD")
                 self.tagged(cmd.tag, b"BAD Unknown UID command")
                 return
@@ -541,6 +543,8 @@ ImapConnection.COMMANDS = {
     "UNSELECT": (ImapConnection.c_unselect, "selected"),
     "EXPUNGE": (ImapConnection.c_expunge, "selected"),
     "SEARCH": (ImapConnection.c_search, "selected"),
+    "SORT": (ImapConnection.c_sort, "selected"),
+    "THREAD": (ImapConnection.c_thread, "selected"),
     "FETCH": (ImapConnection.c_fetch, "selected"),
     "STORE": (ImapConnection.c_store, "selected"),
     "COPY": (ImapConnection.c_copy, "selected"),

@@ -1,0 +1,250 @@
+"""SORT and THREAD (RFC 5256, with DISPLAYFROM/DISPLAYTO of RFC 5957), and their UID forms.
+
+The messages are chosen by the SEARCH evaluation of ``search.py`` (the same
+parser, the same evaluator, the same per-session view), then ordered in the
+session's worker thread from what is cached about each message: size and
+INTERNALDATE from the message cache, subject, addresses, sent date and
+Message-ID from the search summaries. Only THREAD=REFERENCES needs more
+(References and In-Reply-To): those come from the sealed structure record
+(never from the message file), read a slice at a time, and the Message-IDs
+found are kept in a process-wide cache bounded in bytes, so a second THREAD
+of the same mailbox reads nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from .parser import Args, ParseError
+from .replies import Reply
+from .search import COST, SearchData, Searcher, parse_search
+from .sortkeys import addr_mailbox, base_subject, display_key
+from .threading_refs import ThreadMsg, message_id, ordered_subject, references, render, thread_references
+
+SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
+ADDRESS_KEYS = {"CC": "cc", "FROM": "from", "TO": "to"}
+DISPLAY_KEYS = {"DISPLAYFROM": "from", "DISPLAYTO": "to"}
+ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+CHARSETS = ("UTF-8", "US-ASCII")
+BADCHARSET = b"NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset"
+CHUNK = 256  # messages whose structure records are held at once while reading References
+
+
+@dataclass(frozen=True)
+class Criterion:
+    key: str
+    reverse: bool = False
+
+
+def parse_criteria(items: list) -> list[Criterion]:
+    """``(REVERSE DATE SUBJECT)`` -> criteria; ParseError on anything else."""
+    out: list[Criterion] = []
+    reverse = False
+    for it in items:
+        if not isinstance(it, str):
+            raise ParseError("Sort criteria are atoms")
+        up = it.upper()
+        if up == "REVERSE":
+            if reverse:
+                raise ParseError("REVERSE twice")
+            reverse = True
+            continue
+        if up not in SORT_KEYS:
+            raise ParseError(f"Unknown sort key {it[:30]}")
+        out.append(Criterion(up, reverse))
+        reverse = False
+    if reverse or not out:
+        raise ParseError("Sort criteria need a sort key")
+    if len(out) > 20:
+        raise ParseError("[LIMIT] Too many sort criteria")
+    return out
+
+
+def parse_charset(args: Args) -> str:
+    charset = args.astring("charset").decode("ascii", "replace").upper()
+    if charset not in CHARSETS:
+        raise Reply(BADCHARSET)
+    return charset
+
+
+# ------------------------------------------------------------ References cache
+
+
+class RefsCache:
+    """blob id -> the parent chain (References, else In-Reply-To) of that stored message; LRU, bounded in bytes.
+
+    A stored file never changes, so an entry never goes stale.
+    """
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._d: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _cost(blob_id: str, refs: tuple[str, ...]) -> int:
+        return 120 + len(blob_id) + sum(len(r) + 60 for r in refs)
+
+    def get(self, blob_id: str) -> tuple[str, ...] | None:
+        with self._lock:
+            got = self._d.get(blob_id)
+            if got is not None:
+                self._d.move_to_end(blob_id)
+            return got
+
+    def put(self, blob_id: str, refs: tuple[str, ...]) -> None:
+        cost = self._cost(blob_id, refs)
+        with self._lock:
+            if blob_id in self._d:
+                return
+            while self._d and self._size + cost > self.max_bytes:
+                k, v = self._d.popitem(last=False)
+                self._size -= self._cost(k, v)
+            self._d[blob_id] = refs
+            self._size += cost
+
+
+REFS = RefsCache()
+
+
+# --------------------------------------------------------------------- ordering
+
+
+class Orderer:
+    """Sort keys and thread records of the messages of a view (runs in a worker thread)."""
+
+    def __init__(self, data: SearchData) -> None:
+        self.d = data
+
+    def _sent(self, i: int) -> float:
+        m = self.d.msg(i)
+        sent = self.d.summary(i).get("sent") if m is not None else None
+        if sent is None:
+            return m.internal_date if m is not None else 0.0
+        return float(sent)
+
+    def values(self, key: str, idxs: list[int]) -> dict[int, Any]:
+        d = self.d
+        if key == "ARRIVAL":
+            return {i: (m.internal_date if (m := d.msg(i)) is not None else 0.0) for i in idxs}
+        if key == "SIZE":
+            return {i: (m.size if (m := d.msg(i)) is not None else 0) for i in idxs}
+        if key == "DATE":
+            return {i: self._sent(i) for i in idxs}
+        if key == "SUBJECT":
+            subjects = d.field("subject")
+            return {i: base_subject(subjects[i])[0] for i in idxs}
+        if key in ADDRESS_KEYS:
+            values = d.field(ADDRESS_KEYS[key])
+            return {i: addr_mailbox(values[i]) for i in idxs}
+        values = d.field(DISPLAY_KEYS[key])
+        return {i: display_key(values[i]) for i in idxs}
+
+    def sort(self, idxs: list[int], criteria: list[Criterion]) -> list[int]:
+        """``idxs`` (in sequence order) ordered by the criteria; ties stay in sequence order."""
+        order = list(idxs)
+        for c in reversed(criteria):  # stable sorts, the last criterion first
+            vals = self.values(c.key, order)
+            order.sort(key=vals.__getitem__, reverse=c.reverse)
+        return order
+
+    def thread_msgs(self, idxs: list[int], *, with_refs: bool) -> list[ThreadMsg]:
+        d = self.d
+        subjects = d.field("subject")
+        out = []
+        for i in idxs:
+            subj, reply = base_subject(subjects[i])
+            out.append(ThreadMsg(i, (self._sent(i), i), subj, reply, message_id(d.summary(i).get("message_id"))))
+        if with_refs:
+            self._fill_refs(out)
+        return out
+
+    def _fill_refs(self, msgs: list[ThreadMsg]) -> None:
+        d = self.d
+        missing = []
+        for t in msgs:
+            m = d.msg(t.index)
+            if m is None:
+                continue
+            got = REFS.get(m.blob_id)
+            if got is None:
+                missing.append(t)
+            else:
+                t.refs = got
+        for k in range(0, len(missing), CHUNK):
+            part = missing[k:k + CHUNK]
+            d.prefetch_meta([t.index for t in part])
+            for t in part:
+                m, meta = d.msg(t.index), d.meta(t.index)
+                if m is None or meta is None:
+                    continue
+                env, hdr = meta["env"], meta.get("hdr") or {}
+                t.refs = references(hdr.get("references"), env.get("in-reply-to"))
+                REFS.put(m.blob_id, t.refs)
+            d.drop_meta()
+
+
+# --------------------------------------------------------------------- commands
+
+
+class SortCommands:
+    async def c_sort(self: Any, tag: str, args: Args, uid: bool = False) -> None:
+        criteria = parse_criteria(args.list("sort criteria"))
+        parse_charset(args)
+        req = parse_search(args, self.shared.limits.max_search_depth, allow_return=False)
+
+        def order(o: Orderer, found: list[int]) -> bytes:
+            line = b" ".join(b"%d" % n for n in self._ids(o, o.sort(found, criteria), uid))
+            if req.uses_modseq and found:  # RFC 7162 3.1.5
+                line += b" (MODSEQ %d)" % max(o.d.modseqs[i] for i in found)
+            return line
+
+        ids = await self._ordered(req, order, heavy=req.key.cost >= COST["header"])
+        self.send(b"* SORT" + (b" " + ids if ids else b"") + b"\r\n")
+        self.tagged(tag, b"OK SORT completed")
+
+    async def c_thread(self: Any, tag: str, args: Args, uid: bool = False) -> None:
+        algorithm = args.atom("threading algorithm").upper()
+        if algorithm not in ALGORITHMS:
+            raise ParseError("Unknown threading algorithm")
+        parse_charset(args)
+        req = parse_search(args, self.shared.limits.max_search_depth, allow_return=False)
+        refs = algorithm == "REFERENCES"
+
+        def order(o: Orderer, found: list[int]) -> bytes:
+            msgs = o.thread_msgs(found, with_refs=refs)
+            roots = thread_references(msgs) if refs else ordered_subject(msgs)
+            return render(roots, o.d.uids.__getitem__ if uid else (lambda i: i + 1))
+
+        lists = await self._ordered(req, order, heavy=refs or req.key.cost >= COST["header"])
+        self.send(b"* THREAD" + (b" " + lists if lists else b"") + b"\r\n")
+        self.tagged(tag, b"OK THREAD completed")
+
+    @staticmethod
+    def _ids(o: Orderer, idxs: list[int], uid: bool) -> list[int]:
+        uids = o.d.uids
+        return [uids[i] for i in idxs] if uid else [i + 1 for i in idxs]
+
+    async def _ordered(self: Any, req: Any, order: Any, *, heavy: bool) -> bytes:
+        """Run the search and ``order(orderer, matches)`` in a worker; send the view's updates first."""
+        if req.uses_modseq:
+            self.enable_condstore()
+        sel, store, user = self.selected, self.shared.store, self.user
+
+        def work() -> tuple[list[bytes], bytes]:
+            pre = self.refresh_view(sel, allow_expunge=False)
+            data = SearchData(store, user, sel, self.shared.msg_cache, self.shared.texts)
+            found = Searcher(data).run(req.key)
+            return pre, order(Orderer(data), found)
+
+        if heavy:  # may read a structure record of every message: bounded concurrency, as SEARCH
+            async with self.shared.heavy:
+                pre, out = await self.run(work)
+        else:
+            pre, out = await self.run(work)
+        self.send_many(pre)
+        return out
