@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -128,10 +129,22 @@ def test_kill_9_during_deliveries_loses_nothing_acknowledged(tmp_path):  # type:
     acked: list[str] = []
     for round_no in range(5):
         proc = subprocess.Popen([sys.executable, str(script), str(root), f"r{round_no}", "100000"], stdout=subprocess.PIPE)
-        time.sleep(1.0 + 0.3 * round_no)
+        assert proc.stdout is not None
+        # kill in the middle of the load, not before it starts: a busy machine can take
+        # seconds to start the loader, so wait for its first acknowledgements, not a fixed time
+        round_acks: list[str] = []
+        watchdog = threading.Timer(120, proc.kill)  # a loader that hangs cannot hang the test
+        watchdog.start()
+        while len(round_acks) < 5 + 5 * round_no:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            round_acks.append(line.decode().strip())
+        watchdog.cancel()
+        time.sleep(0.1 * round_no)
         os.kill(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        acked += out.decode().split()
+        acked += round_acks + out.decode().split()
     store = open_store(root)
     try:
         store.recover(orphan_age=0)
