@@ -115,34 +115,71 @@ REFS = RefsCache()
 
 
 class Orderer:
-    """Sort keys and thread records of the messages of a view (runs in a worker thread)."""
+    """Sort keys and thread records of the messages of a view (runs in a worker thread).
+
+    Keys derived from the summaries are computed once per distinct header
+    value (senders and subjects repeat) and, when they cover the whole view,
+    kept in the view's ``aligned`` store next to the summary fields, so the
+    next SORT of the session only sorts.
+    """
 
     def __init__(self, data: SearchData) -> None:
         self.d = data
+        self.aligned: dict[str, list] = getattr(data.sel, "aligned", {})
 
-    def _sent(self, i: int) -> float:
-        m = self.d.msg(i)
-        sent = self.d.summary(i).get("sent") if m is not None else None
-        if sent is None:
-            return m.internal_date if m is not None else 0.0
-        return float(sent)
+    def _derived(self, name: str, source: str, fn: Any, idxs: list[int]) -> Any:
+        """``fn`` of summary field ``source`` for ``idxs``: a list over the whole view, or a dict."""
+        got = self.aligned.get(name)
+        if got is not None:
+            return got
+        values = self.d.field(source)
+        memo: dict[str, Any] = {}
 
-    def values(self, key: str, idxs: list[int]) -> dict[int, Any]:
+        def key(v: str) -> Any:
+            k = memo.get(v)
+            if k is None:
+                k = memo[v] = fn(v)
+            return k
+
+        if len(idxs) * 4 < len(values):  # a few messages of a large view: only those
+            return {i: key(values[i]) for i in idxs}
+        out = [key(v) for v in values]
+        if source in self.aligned:  # the field is complete (kept by the view): so is this
+            self.aligned[name] = out
+        return out
+
+    def dates(self, idxs: list[int]) -> Any:
+        """The sent date of each message, its INTERNALDATE where it has none (RFC 5256 2.2)."""
+        got = self.aligned.get("sort:DATE")
+        if got is not None:
+            return got
+        d = self.d
+        d.load_summaries()
+        whole = len(idxs) * 4 >= len(d.uids)
+        out: Any = {}
+        for i in (range(len(d.uids)) if whole else idxs):
+            m = d.msg(i)
+            sent = d.summary(i).get("sent") if m is not None else None
+            out[i] = float(sent) if sent is not None else (m.internal_date if m is not None else 0.0)
+        if whole:
+            out = [out[i] for i in range(len(d.uids))]
+            self.aligned["sort:DATE"] = out
+        return out
+
+    def values(self, key: str, idxs: list[int]) -> Any:
+        """Something indexable by view index giving each message's value for ``key``."""
         d = self.d
         if key == "ARRIVAL":
             return {i: (m.internal_date if (m := d.msg(i)) is not None else 0.0) for i in idxs}
         if key == "SIZE":
             return {i: (m.size if (m := d.msg(i)) is not None else 0) for i in idxs}
         if key == "DATE":
-            return {i: self._sent(i) for i in idxs}
+            return self.dates(idxs)
         if key == "SUBJECT":
-            subjects = d.field("subject")
-            return {i: base_subject(subjects[i])[0] for i in idxs}
+            return self._derived("sort:SUBJECT", "subject", lambda v: base_subject(v)[0], idxs)
         if key in ADDRESS_KEYS:
-            values = d.field(ADDRESS_KEYS[key])
-            return {i: addr_mailbox(values[i]) for i in idxs}
-        values = d.field(DISPLAY_KEYS[key])
-        return {i: display_key(values[i]) for i in idxs}
+            return self._derived("sort:" + key, ADDRESS_KEYS[key], addr_mailbox, idxs)
+        return self._derived("sort:" + key, DISPLAY_KEYS[key], display_key, idxs)
 
     def sort(self, idxs: list[int], criteria: list[Criterion]) -> list[int]:
         """``idxs`` (in sequence order) ordered by the criteria; ties stay in sequence order."""
@@ -154,11 +191,12 @@ class Orderer:
 
     def thread_msgs(self, idxs: list[int], *, with_refs: bool) -> list[ThreadMsg]:
         d = self.d
-        subjects = d.field("subject")
+        subjects = self._derived("thread:subject", "subject", base_subject, idxs)
+        dates = self.dates(idxs)
         out = []
         for i in idxs:
-            subj, reply = base_subject(subjects[i])
-            out.append(ThreadMsg(i, (self._sent(i), i), subj, reply, message_id(d.summary(i).get("message_id"))))
+            subj, reply = subjects[i]
+            out.append(ThreadMsg(i, (dates[i], i), subj, reply, message_id(d.summary(i).get("message_id"))))
         if with_refs:
             self._fill_refs(out)
         return out

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 
 _WS = re.compile(r"\s+")
+_MULTI_WS = re.compile(r"\s\s|[^\S ]")
+_LEAD = frozenset("rf[ \t")  # what a removable leader starts with (the subject is casefolded)
+_TAIL = (")", " ", "]")
 _TRAILER = re.compile(r"(?:\s*\(fwd\))+\s*$|\s+$")
 # subj-blob = "[" *BLOBCHAR "]" *WSP ;  subj-refwd = ("re" / ("fw" ["d"])) *WSP [subj-blob] ":"
 _BLOB = r"\[[^\[\]]*\][ \t]*"
@@ -24,7 +27,9 @@ def base_subject(subject: str) -> tuple[str, bool]:
 
     The loops are bounded by the subject's length: each pass removes text.
     """
-    s = _WS.sub(" ", subject)  # (1) tabs, folding and runs of spaces become one space
+    s = _WS.sub(" ", subject) if _MULTI_WS.search(subject) else subject  # (1) one space for tabs, folding, runs
+    if s[:1] not in _LEAD and not s.endswith(_TAIL):
+        return s, False  # most subjects: nothing to remove
     reply = False
     while True:
         # (2) every trailing "(fwd)" and the white space around it
@@ -60,38 +65,20 @@ def base_subject(subject: str) -> tuple[str, bool]:
 # ---------------------------------------------------------------- addresses
 
 
+# a quoted string, a comment, an angle address, a run of other text, or one character (a separator)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|\((?:[^()\\]|\\.)*\)?|<[^<>]*>?|[^"(<,:]+|.', re.S)
+
+
 def _split_top(text: str, sep: str) -> list[str]:
-    """Split at ``sep`` outside quotes, angle brackets and comments."""
-    out, cur = [], []
-    quote = False
-    angle = depth = 0
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if quote:
-            if c == "\\" and i + 1 < n:
-                cur.append(text[i:i + 2])
-                i += 2
-                continue
-            if c == '"':
-                quote = False
-        elif c == '"':
-            quote = True
-        elif c == "(":
-            depth += 1
-        elif c == ")" and depth:
-            depth -= 1
-        elif c == "<" and not depth:
-            angle += 1
-        elif c == ">" and angle and not depth:
-            angle -= 1
-        elif c == sep and not depth and not angle:
+    """Split at ``sep`` (``,`` or ``:``) outside quotes, angle brackets and comments."""
+    out: list[str] = []
+    cur: list[str] = []
+    for tok in _TOKEN.findall(text):
+        if tok == sep:
             out.append("".join(cur))
             cur = []
-            i += 1
-            continue
-        cur.append(c)
-        i += 1
+        else:
+            cur.append(tok)
     out.append("".join(cur))
     return out
 
@@ -117,13 +104,16 @@ def first_mailbox(header: str) -> tuple[str, str] | None:
     """
     if not header or not header.strip():
         return None
-    pieces = _split_top(header[:4096], ",")
+    header = header[:4096]
+    plain = not any(c in header for c in '"(:')  # no quotes, comments, groups or routes: a plain split will do
+    pieces = header.split(",") if plain else _split_top(header, ",")
     pending = ""
     for piece in pieces:
         part = pending + ("," if pending else "") + piece
-        colon = _split_top(part, ":")
-        if len(colon) > 1 and "@" not in colon[0] and "<" not in colon[0]:
-            part = ":".join(colon[1:])  # "group: first member" -> the member
+        if not plain:
+            colon = _split_top(part, ":")
+            if len(colon) > 1 and "@" not in colon[0] and "<" not in colon[0]:
+                part = ":".join(colon[1:])  # "group: first member" -> the member
         part = part.strip().rstrip(";").strip()
         if not part:
             pending = ""

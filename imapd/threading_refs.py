@@ -12,7 +12,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-MAX_REFS = 200  # the last this many Message-IDs of a References field are used
+MAX_REFS = 100  # the last this many Message-IDs of a References field are used
+DUMMIES_PER_MESSAGE = 10
 _MSGID = re.compile(r"<([^<>\s]{1,500})>")
 
 
@@ -124,10 +125,16 @@ def _link(parent: Node, child: Node) -> None:
     parent.children.append(child)
 
 
-def thread_references(msgs: Iterable[ThreadMsg]) -> list[Node]:
-    """The REFERENCES algorithm of RFC 5256 section 3 (steps 1 to 6); ``msgs`` in sequence order."""
+def thread_references(msgs: list[ThreadMsg]) -> list[Node]:
+    """The REFERENCES algorithm of RFC 5256 section 3 (steps 1 to 6); ``msgs`` in sequence order.
+
+    Nodes are bounded: once the referenced Message-IDs of no message here
+    (dummies) outnumber ``DUMMIES_PER_MESSAGE`` per message, later messages
+    link to their direct parent only (their last reference).
+    """
     table: dict[str, Node] = {}
     nodes: list[Node] = []
+    budget = DUMMIES_PER_MESSAGE * len(msgs) + 1000
     # (1) link messages by their references
     for m in msgs:
         node = table.get(m.msgid) if m.msgid is not None else None
@@ -139,7 +146,7 @@ def thread_references(msgs: Iterable[ThreadMsg]) -> list[Node]:
         else:
             node.msg = m  # a dummy made by an earlier reference becomes this message
         prev: Node | None = None
-        for ref in m.refs:  # (1A) each reference the parent of the next
+        for ref in (m.refs if len(nodes) < budget else m.refs[-1:]):  # (1A) each reference the parent of the next
             c = table.get(ref)
             if c is None:
                 c = table[ref] = Node()

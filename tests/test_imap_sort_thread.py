@@ -143,6 +143,26 @@ def test_sort_errors(inst, sorted_box) -> None:
         ch.close()
 
 
+def test_sort_follows_appends_and_expunges(inst) -> None:
+    """The keys a session keeps between SORTs follow the mailbox: new mail sorts in, expunged mail drops out."""
+    c = imap(inst, account(inst, "sort"))
+    try:
+        box = new_box(c, "sort-live")
+        fill(c, box, [("01-Mar-2024 00:00:00 +0000", raw(["Subject: m", "From: m@x.test"], 1)),
+                      ("02-Mar-2024 00:00:00 +0000", raw(["Subject: c", "From: c@x.test"], 1))])
+        assert sort(c, "SUBJECT") == [2, 1] and sort(c, "FROM") == [2, 1]
+        other = imap(inst, account(inst, "sort"))
+        ok(other.append(box, None, '"03-Mar-2024 00:00:00 +0000"', raw(["Subject: Re: a", "From: a@x.test"], 1)))
+        other.logout()
+        ok(c.noop())
+        assert sort(c, "SUBJECT") == [3, 2, 1] and sort(c, "FROM") == [3, 2, 1] and sort(c, "DATE") == [1, 2, 3]
+        ok(c.store("2", "+FLAGS", "(\\Deleted)"))
+        ok(c.expunge())
+        assert sort(c, "SUBJECT") == [2, 1] and sort(c, "REVERSE DATE") == [2, 1]
+    finally:
+        c.logout()
+
+
 # --------------------------------------------------------------- THREAD corpus
 # seq  Message-ID  parents                       subject                 sent
 #  1   a           -                             Party                   01-Jan 10:00
@@ -283,3 +303,41 @@ def test_deep_chain_and_many_messages_are_iterative_and_fast() -> None:
            for k in range(2000)]
     roots = thread_references(rev)
     assert len(roots) == 1
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_threads_keep_every_message_once(seed) -> None:
+    """Duplicates, loops, self-references, missing parents, shared subjects: every message is in the
+    output exactly once, for both algorithms, and the lists are balanced."""
+    import random
+    import re
+
+    from imapd.threading_refs import ordered_subject
+
+    rng = random.Random(seed)
+    n = rng.randint(1, 300)
+    ids = [f"id{rng.randint(0, n)}" for _ in range(n + 50)]
+    msgs = []
+    for i in range(n):
+        subj = rng.choice(["a", "b", "c", ""])
+        refs = tuple(rng.choice(ids) for _ in range(rng.randint(0, 6)))
+        mid = rng.choice([None, *ids[:n]])
+        msgs.append(ThreadMsg(i, (float(rng.randint(0, 20)), i), subj, rng.random() < 0.5, mid, refs))
+    for roots in (thread_references(msgs), ordered_subject(msgs)):
+        out = render(roots, lambda i: i + 1).decode()
+        assert sorted(int(x) for x in re.findall(r"\d+", out)) == list(range(1, n + 1))
+        depth = 0
+        for ch in out:
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            assert depth >= 0
+        assert depth == 0 and "()" not in out and "( " not in out
+
+
+def test_references_nodes_are_bounded() -> None:
+    n = 2000
+    msgs = [ThreadMsg(i, (float(i), i), "s", False, f"m{i}", tuple(f"u{i}.{k}" for k in range(100))) for i in range(n)]
+    t0 = time.perf_counter()
+    out = render(thread_references(msgs), lambda i: i + 1)
+    assert time.perf_counter() - t0 < 10
+    # one subject, no reply: all under one dummy, every message once
+    assert out == b"(" + b"".join(b"(%d)" % (i + 1) for i in range(n)) + b")"
