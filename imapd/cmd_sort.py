@@ -125,7 +125,7 @@ class Orderer:
 
     def __init__(self, data: SearchData) -> None:
         self.d = data
-        self.aligned: dict[str, list] = getattr(data.sel, "aligned", {})
+        self.aligned: dict[str, Any] = getattr(data.sel, "aligned", {})
 
     def _derived(self, name: str, source: str, fn: Any, idxs: list[int]) -> Any:
         """``fn`` of summary field ``source`` for ``idxs``: a list over the whole view, or a dict."""
@@ -190,23 +190,30 @@ class Orderer:
         return order
 
     def thread_msgs(self, idxs: list[int], *, with_refs: bool) -> list[ThreadMsg]:
-        d = self.d
         subjects = self._derived("thread:subject", "subject", base_subject, idxs)
+        msgids = self._derived("thread:msgid", "message_id", message_id, idxs)
         dates = self.dates(idxs)
         out = []
         for i in idxs:
             subj, reply = subjects[i]
-            out.append(ThreadMsg(i, (dates[i], i), subj, reply, message_id(d.summary(i).get("message_id"))))
+            out.append(ThreadMsg(i, (dates[i], i), subj, reply, msgids[i]))
         if with_refs:
             self._fill_refs(out)
         return out
 
     def _fill_refs(self, msgs: list[ThreadMsg]) -> None:
         d = self.d
+        kept = self.aligned.get("thread:refs")
+        if kept is not None:
+            for t in msgs:
+                t.refs = kept[t.index]
+            return
+        whole = len(msgs) == len(d.uids)
         missing = []
         for t in msgs:
             m = d.msg(t.index)
             if m is None:
+                whole = False
                 continue
             got = REFS.get(m.blob_id)
             if got is None:
@@ -219,11 +226,14 @@ class Orderer:
             for t in part:
                 m, meta = d.msg(t.index), d.meta(t.index)
                 if m is None or meta is None:
+                    whole = False
                     continue
                 env, hdr = meta["env"], meta.get("hdr") or {}
                 t.refs = references(hdr.get("references"), env.get("in-reply-to"))
                 REFS.put(m.blob_id, t.refs)
             d.drop_meta()
+        if whole:  # every message of the view, in order: kept until the view changes
+            self.aligned["thread:refs"] = [t.refs for t in msgs]
 
 
 # --------------------------------------------------------------------- commands
@@ -254,9 +264,16 @@ class SortCommands:
         refs = algorithm == "REFERENCES"
 
         def order(o: Orderer, found: list[int]) -> bytes:
-            msgs = o.thread_msgs(found, with_refs=refs)
-            roots = thread_references(msgs) if refs else ordered_subject(msgs)
-            return render(roots, o.d.uids.__getitem__ if uid else (lambda i: i + 1))
+            # the threads of a whole view depend on nothing that can change while the view lasts
+            keep = f"thread:{algorithm}:{uid}" if req.key.kind == "ALL" else None
+            got = o.aligned.get(keep) if keep else None
+            if got is None:
+                msgs = o.thread_msgs(found, with_refs=refs)
+                roots = thread_references(msgs) if refs else ordered_subject(msgs)
+                got = render(roots, o.d.uids.__getitem__ if uid else (lambda i: i + 1))
+                if keep:
+                    o.aligned[keep] = got
+            return got
 
         lists = await self._ordered(req, order, heavy=refs or req.key.cost >= COST["header"])
         self.send(b"* THREAD" + (b" " + lists if lists else b"") + b"\r\n")

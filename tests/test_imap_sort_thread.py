@@ -252,6 +252,27 @@ def test_thread_uid_and_search(thread_box) -> None:
     assert thread(c, "REFERENCES") == REFERENCES
 
 
+def test_thread_follows_appends_and_expunges(inst) -> None:
+    """Threads a session keeps for a whole mailbox are made again once its messages change."""
+    c = imap(inst, account(inst, "thread"))
+    try:
+        box = new_box(c, "thread-live")
+        fill(c, box, [("01-Jan-2024 14:00:00 +0000", _t("la", "Alpha", "Mon, 1 Jan 2024 10:00:00 +0000")),
+                      ("01-Jan-2024 14:00:00 +0000", _t("lb", "Beta", "Tue, 2 Jan 2024 10:00:00 +0000"))])
+        assert thread(c, "REFERENCES") == b"(1)(2)"
+        assert ok(c.uid("THREAD", "REFERENCES", "UTF-8", "ALL"))[0] == b"(2)(3)"
+        ok(c.append(box, None, None, _t("lc", "Re: Alpha", "Wed, 3 Jan 2024 10:00:00 +0000", ("In-Reply-To: <la@t>",))))
+        ok(c.noop())
+        assert thread(c, "REFERENCES") == b"(1 3)(2)"
+        assert ok(c.uid("THREAD", "REFERENCES", "UTF-8", "ALL"))[0] == b"(2 4)(3)"
+        ok(c.store("1", "+FLAGS", "(\\Deleted)"))
+        ok(c.expunge())
+        assert thread(c, "REFERENCES") == b"(1)(2)"  # the reply's parent is gone: a thread of its own
+        assert thread(c, "ORDEREDSUBJECT") == b"(1)(2)"
+    finally:
+        c.logout()
+
+
 # ------------------------------------------------------------- pure functions
 
 
