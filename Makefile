@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 DEV     := var/dev
 STAMP   := $(VENV)/.installed
-DEBIAN_TEST_PACKAGES := swaks mutt isync offlineimap3 rspamd redis-server unbound postgresql chromium
+DEBIAN_TEST_PACKAGES := swaks mutt isync offlineimap3 rspamd redis-server unbound clamav-daemon postgresql chromium
 
 .PHONY: run test lint deps debs clean-dev bench
 

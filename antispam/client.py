@@ -49,6 +49,8 @@ _RSPAMD_ACTIONS = {
 SPAM_HEADERS = ("X-Spam-Status", "X-Spam-Score", "X-Spam-Symbols", "X-Spam-Flag", "X-Spam", "X-Spamd-Result",
                 "X-Spamd-Bar", "X-Rspamd-Action", "X-Rspamd-Queue-Id", "X-Rspamd-Server")
 REPLY_REJECT = "550 5.7.1 Message rejected as spam"
+REPLY_VIRUS = "550 5.7.1 Message rejected: it contains a virus"
+VIRUS_SYMBOL = "CLAM_VIRUS"  # set by rspamd's antivirus module (antispam.virus_scan) with the virus names as options
 REPLY_SOFT = "451 4.7.1 Message deferred by the spam filter, try again later"
 REPLY_UNAVAILABLE = "451 4.7.1 Spam filter unavailable, try again later"
 UNCHECKED = (("X-Spam-Status", "unchecked"),)
@@ -139,6 +141,16 @@ class RspamdClient:
     async def close(self) -> None:
         await self._scan.close()
         await self._ctl.close()
+
+
+def _virus(result: dict) -> str | None:
+    """The virus names rspamd's antivirus module reported, or None."""
+    symbols = result.get("symbols")
+    hit = symbols.get(VIRUS_SYMBOL) if isinstance(symbols, dict) else None
+    if not isinstance(hit, dict):
+        return None
+    names = [str(o) for o in hit.get("options") or [] if o]
+    return ", ".join(names)[:200] or "unknown"
 
 
 def _error_text(body: bytes) -> str:
@@ -245,6 +257,7 @@ class Scanner:
         self.on_failure = a.on_failure
         self.max_scan_size = a.max_scan_size
         self.block_action = a.block_action
+        self.virus_scan = bool(getattr(a, "virus_scan", False))  # allow lists skip the spam scan, not this one
         self.policies = PolicyCache(store, cfg)
         self.quarantine = quarantine
         self.executor = executor
@@ -271,7 +284,9 @@ class Scanner:
             senders = [mail_from.lower()] if mail_from else []
             senders += [a for a in header_from(message) if a not in senders]
             listed = {p.address: self._listed(p, senders) for p in policies}
-        if policies and listed and all(listed.get(p.address) and listed[p.address][0] == "allow" for p in policies):
+        # allow lists skip the spam scan, but not the virus scan
+        if (not self.virus_scan and policies and listed
+                and all(listed.get(p.address) and listed[p.address][0] == "allow" for p in policies)):
             return self._count(Verdict(ACCEPT, headers=(("X-Spam-Status", "No, allowlisted"),),
                                        reason=_("sender on the recipients' allow lists")))
         if policies and listed and all(listed.get(p.address) and listed[p.address][0] == "block" for p in policies):
@@ -337,9 +352,12 @@ class Scanner:
         forced = rspamd_action != action_for_score(score, a.junk_score, a.reject_score)
         per: dict[str, str] = {}
         why: dict[str, str] = {}
+        virus = _virus(result)
         for p in policies or [RecipientPolicy("", False, (), (), a.junk_score, a.reject_score, a.quarantine_days)]:
             hit = listed.get(p.address)
-            if hit and hit[0] == "allow":
+            if virus is not None:  # no allow list lets a virus through
+                per[p.address], why[p.address] = REJECT, _("virus found: {name}").format(name=virus)
+            elif hit and hit[0] == "allow":
                 per[p.address], why[p.address] = ACCEPT, _("sender {entry} on the allow list of {rcpt}").format(entry=hit[1], rcpt=p.address)
             elif hit:
                 per[p.address] = REJECT if self.block_action == REJECT else JUNK
@@ -369,7 +387,7 @@ class Scanner:
             headers.append(("X-Spam-Flag", "YES"))
         headers += _milter_headers(result, {h.lower() for h, _v in headers})
         reason = next(iter(why.values())) if len(set(why.values())) == 1 else "; ".join(f"{r}: {w}" for r, w in why.items())
-        reply = REPLY_REJECT if action == REJECT else REPLY_SOFT if action == SOFT_REJECT else None
+        reply = (REPLY_VIRUS if virus is not None else REPLY_REJECT) if action == REJECT else REPLY_SOFT if action == SOFT_REJECT else None
         removes = tuple(dict.fromkeys([*SPAM_HEADERS, *_milter_removes(result)]))
         return Verdict(action, score=score, required=required, symbols=tuple(symbols), headers=tuple(headers),
                        reason=reason, checked=True, reply=reply, recipients=MappingProxyType(filing), remove_headers=removes)

@@ -25,12 +25,13 @@ from urllib.parse import urlsplit
 
 from .generate import rspamd_argv
 from .http import HttpError, HttpPool
-from .layout import Layout, read_or_create_secret
+from .layout import Layout, read_or_create_secret, write_if_changed
 
 log = logging.getLogger("antispam")
 
 Probe = Callable[[], Awaitable[bool]]
 REQUIRED_PROGRAMS = {"rspamd": "rspamd", "redis": "redis-server", "unbound": "unbound"}
+CLAMD = "clamd"  # Debian's clamav-daemon; only with antispam.virus_scan
 
 
 def _which(prog: str) -> str | None:
@@ -44,8 +45,13 @@ def missing_programs() -> list[str]:
 
 
 def program(name: str) -> str:
-    prog = REQUIRED_PROGRAMS[name]
+    prog = REQUIRED_PROGRAMS.get(name, name)
     return _which(prog) or prog
+
+
+def virus_scanner_missing(cfg: Any) -> bool:
+    """Virus scanning is on but clamd (Debian's clamav-daemon) is not installed."""
+    return bool(cfg.antispam.virus_scan) and not _which(CLAMD)
 
 
 def _child_env() -> dict[str, str]:
@@ -66,6 +72,7 @@ class Daemon:
         self.health_interval = health_interval
         self.max_probe_failures = max_probe_failures
         self.proc: asyncio.subprocess.Process | None = None
+        self.on_spawn: Callable[[], None] | None = None  # the DaemonSet records the new pid
         self.ready = asyncio.Event()
         self.restarts = 0
         self.last_error: str | None = None
@@ -116,6 +123,8 @@ class Daemon:
                 self.last_error = str(exc)
                 log.error("%s", exc)
             else:
+                if self.on_spawn is not None:
+                    self.on_spawn()
                 reason = await self._watch(self.proc)
                 self.ready.clear()
                 self._kill_group(self.proc, signal.SIGKILL)
@@ -228,6 +237,16 @@ async def _redis_probe(port: int, password: str) -> bool:
         writer.close()
 
 
+async def _clamd_probe(path: Path) -> bool:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        writer.write(b"zPING\0")
+        await writer.drain()
+        return (await reader.read(16)).rstrip(b"\0") == b"PONG"
+    finally:
+        writer.close()
+
+
 async def _dns_probe(port: int) -> bool:
     import dns.asyncquery
     import dns.message
@@ -268,6 +287,39 @@ class DaemonSet:
                              health_interval=10.0),
         }
 
+        if a.virus_scan:
+            if virus_scanner_missing(cfg):
+                log.warning("antispam.virus_scan is on but clamd is not installed (apt install clamav-daemon): "
+                            "mail is not scanned for viruses")
+            else:
+                # loading the full signatures takes a minute or more; rspamd does not wait for it
+                self.daemons["clamd"] = Daemon("clamd", [program(CLAMD), "-c", str(layout.clamd_conf)],
+                                               layout.log / "antispam-clamd.log",
+                                               lambda: _clamd_probe(layout.clamd_socket), start_timeout=600,
+                                               health_interval=30.0)
+
+        self.layout = layout
+        for d in self.daemons.values():
+            d.on_spawn = self._record
+
+    def _record(self) -> None:
+        """Write who our daemons are, so status and doctor can tell them from a foreign rspamd on our ports."""
+        import json
+
+        import psutil
+
+        pids: dict[str, list[float]] = {}
+        for name, d in self.daemons.items():
+            if d.pid is not None:
+                try:
+                    pids[name] = [d.pid, psutil.Process(d.pid).create_time()]
+                except psutil.Error:
+                    pass
+        try:
+            write_if_changed(self.layout.daemons_file, json.dumps(pids, sort_keys=True) + "\n", 0o644)
+        except OSError as exc:
+            log.warning("cannot record the antispam daemons' pids: %s", exc)
+
     def __getitem__(self, name: str) -> Daemon:
         return self.daemons[name]
 
@@ -290,8 +342,9 @@ class DaemonSet:
             log.error("antispam: ports already in use by another program: %s; if that is Debian's own rspamd, "
                       "redis or unbound, stop it (systemctl disable --now rspamd redis-server) or choose other "
                       "ports in [antispam]", ", ".join(busy))
-        for name in ("redis", "unbound"):
-            self.daemons[name].start()
+        for name in ("redis", "unbound", "clamd"):
+            if name in self.daemons:
+                self.daemons[name].start()
         deadline = time.monotonic() + wait
         for name in ("redis", "unbound"):
             await self.daemons[name].wait_ready(max(0.1, min(15.0, deadline - time.monotonic())))
@@ -300,14 +353,18 @@ class DaemonSet:
 
     @property
     def ready(self) -> bool:
-        return all(d.ready.is_set() for d in self.daemons.values())
+        """redis, unbound and rspamd answer (clamd may still be loading its signatures)."""
+        return all(d.ready.is_set() for name, d in self.daemons.items() if name != "clamd")
 
     async def stop(self) -> None:
-        for name in ("rspamd", "unbound", "redis"):
+        for name in ("rspamd", "clamd", "unbound", "redis"):
+            if name not in self.daemons:
+                continue
             try:
                 await self.daemons[name].stop()
             except Exception as exc:  # noqa: BLE001 - keep stopping the others
                 log.warning("stopping %s: %s", name, exc)
+        self.layout.daemons_file.unlink(missing_ok=True)
 
     def state(self) -> list[dict[str, Any]]:
         return [d.state() for d in self.daemons.values()]

@@ -22,7 +22,12 @@ What the generated rspamd does:
   ``antispam.network_checks``;
 * DNS goes to our unbound on 127.0.0.1, which forwards to ``dns.resolvers``
   when set and otherwise answers on its own at once (NXDOMAIN), so a host
-  without an upstream never waits on DNS timeouts.
+  without an upstream never waits on DNS timeouts;
+* with ``antispam.virus_scan``, the antivirus module sends every attachment
+  (and archive) to our clamd on a unix socket, and a virus forces the reject
+  action (550 at SMTP time); without it the module is off. clamd reads its
+  signatures from ``antispam.virus_database_dir``; a scan error (clamd down,
+  no signatures) lets the mail through, marked by rspamd's CLAM_VIRUS_FAIL.
 """
 
 from __future__ import annotations
@@ -122,6 +127,7 @@ def rspamd_files(cfg: Any, layout: Layout, *, password_hash: str, redis_password
             + (f"greylist = {a.junk_score - 2:g};\n" if a.greylisting else "greylist = null;\n")
         ),
         "local.d/greylist.conf": "enabled = true;\n" if a.greylisting else "enabled = false;\n",
+        "local.d/antivirus.conf": antivirus_config(cfg, layout),
     }
     for module in ALWAYS_OFF:
         files[f"local.d/{module}.conf"] = "enabled = false;\n"
@@ -132,6 +138,46 @@ def rspamd_files(cfg: Any, layout: Layout, *, password_hash: str, redis_password
         files["override.d/multimap.conf"] = "# no remote maps without antispam.network_checks\n"
     header = "# Generated from appliance.toml by the antispam service; changes here are overwritten.\n"
     return {name: header + text for name, text in files.items()}
+
+
+def antivirus_config(cfg: Any, layout: Layout) -> str:
+    a = cfg.antispam
+    if not a.virus_scan:
+        return "enabled = false;\n"
+    return (
+        "clamav {\n"
+        '  type = "clamav";\n'
+        f"  servers = {_q(layout.clamd_socket)};\n"
+        '  symbol = "CLAM_VIRUS";\n'
+        '  action = "reject";\n'
+        "  message = '${SCANNER}: virus found: \"${VIRUS}\"';\n"
+        "  scan_mime_parts = true;\n"
+        "  scan_text_mime = false;\n"
+        "  scan_image_mime = false;\n"
+        f"  max_size = {int(a.max_scan_size)};\n"
+        "  timeout = 15.0;\n"
+        "  retransmits = 1;\n"
+        "  log_clean = false;\n"
+        "}\n"
+    )
+
+
+def clamd_config(cfg: Any, layout: Layout) -> str:
+    a = cfg.antispam
+    return "\n".join([
+        "# Generated from appliance.toml by the antispam service; changes here are overwritten.",
+        "Foreground yes",
+        f"LocalSocket {layout.clamd_socket}",
+        "LocalSocketMode 600",
+        "FixStaleSocket yes",
+        f"DatabaseDirectory {a.virus_database_dir}",
+        "LogTime yes",
+        "LogVerbose no",
+        "SelfCheck 3600",
+        f"StreamMaxLength {max(int(a.max_scan_size), 1024 * 1024)}",
+        "MaxThreads 4",
+        "",
+    ])
 
 
 def unbound_config(cfg: Any, layout: Layout) -> str:
@@ -213,6 +259,11 @@ def generate(cfg: Any, layout: Layout | None = None) -> list[str]:
         changed.append("unbound")
     if write_if_changed(layout.redis_conf, redis_config(cfg, layout, password=redis_password)):
         changed.append("redis")
+    if cfg.antispam.virus_scan:
+        if write_if_changed(layout.clamd_conf, clamd_config(cfg, layout)):
+            changed.append("clamd")
+    else:
+        layout.clamd_conf.unlink(missing_ok=True)
     if changed:
         log.info("antispam configuration written: %s", ", ".join(changed))
     return changed

@@ -14,6 +14,7 @@ add_translations(
         "sender {entry} on the allow list of {rcpt}": "发件人 {entry} 在 {rcpt} 的白名单中",
         "sender {entry} on the block list of {rcpt}": "发件人 {entry} 在 {rcpt} 的黑名单中",
         "rspamd: {action}": "rspamd：{action}",
+        "virus found: {name}": "发现病毒：{name}",
         "score {score:.2f}, junk from {junk:g}, reject from {reject:g}": "得分 {score:.2f}，{junk:g} 分起归入垃圾邮件，{reject:g} 分起拒收",
         # outbound freezes
         "sent {n} messages in the last hour (limit {limit})": "过去一小时发送了 {n} 封邮件（上限 {limit}）",
@@ -54,6 +55,10 @@ add_translations(
         "off": "已关闭",
         "unavailable": "不可用",
         "conflict": "端口冲突",
+        "virus scanning off: clamd is not installed (apt install clamav-daemon)": "病毒扫描未启用：未安装 clamd（apt install clamav-daemon）",
+        "virus scanning on (clamd answers)": "病毒扫描已启用（clamd 有响应）",
+        "virus scanning unavailable: clamd does not answer (loading its signatures, or none in {path})":
+            "病毒扫描不可用：clamd 没有响应（正在加载病毒库，或 {path} 中没有病毒库）",
         "{program} (pid {pid})": "{program}（pid {pid}）",
         "another program": "另一个程序",
         "port {port} ({key}) is held by {who}, which the appliance did not start":

@@ -63,6 +63,19 @@ class Layout:
         return self.root / "unbound.conf"
 
     @property
+    def daemons_file(self) -> Path:
+        """The pids (and start times) of the daemons this instance's antispam service runs (antispam.ports)."""
+        return self.run / "antispam-daemons.json"
+
+    @property
+    def clamd_conf(self) -> Path:
+        return self.root / "clamd.conf"
+
+    @property
+    def clamd_socket(self) -> Path:
+        return self.run / "antispam-clamd.sock"
+
+    @property
     def quarantine(self) -> Path:
         return self.root / "quarantine"
 

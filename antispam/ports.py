@@ -10,8 +10,9 @@ the foreign rspamd (another configuration, another controller password).
 program and the systemd unit to stop; the installer stops, disables and
 masks the distribution's units (``installer.provision.release_distribution_units``).
 
-A listener is ours when it, or one of its parents, is an ``appliance ... up``
-process, or when its command line names this instance's data directory.
+A listener is ours when it, or one of its parents, is a daemon the antispam
+service recorded as started (pid and start time, in ``<data_dir>/run``), an
+``appliance ... up`` process, or names this instance's data directory.
 Without root the owner of another user's socket cannot be seen: such a port
 is reported as held by "another program".
 """
@@ -61,11 +62,26 @@ def managed_ports(cfg: Any) -> dict[str, int]:
             "antispam.redis_port": a.redis_port, "antispam.dns_port": a.dns_port}
 
 
-def _is_ours(proc: Any, data_dir: str) -> bool:
+def _recorded(cfg: Any) -> set[tuple[int, int]]:
+    """(pid, start time) of the daemons the antispam service recorded (``Layout.daemons_file``)."""
+    import json
+
+    from .layout import Layout
+
+    try:
+        data = json.loads(Layout.from_config(cfg).daemons_file.read_text())
+        return {(int(pid), int(started)) for pid, started in data.values()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return set()
+
+
+def _is_ours(proc: Any, data_dir: str, recorded: set[tuple[int, int]] | None = None) -> bool:
     p, depth = proc, 0
     while p is not None and depth < 5:
         try:
             argv = p.cmdline()
+            if recorded and (p.pid, int(p.create_time())) in recorded:
+                return True  # one of the daemons our antispam service started (or a worker of one)
         except Exception:  # noqa: BLE001 - gone, or not ours to read
             return False
         line = " ".join(argv)
@@ -103,6 +119,7 @@ def holders(cfg: Any, *, connections: list[Any] | None = None) -> list[Holder]:
     except (psutil.Error, OSError):
         return []
     data_dir = str(Path(cfg.instance.data_dir).resolve())
+    recorded = _recorded(cfg)
     seen: dict[int, Holder] = {}
     for c in conns:
         if c.status != psutil.CONN_LISTEN or not c.laddr or c.laddr.port not in by_port:
@@ -114,7 +131,7 @@ def holders(cfg: Any, *, connections: list[Any] | None = None) -> list[Holder]:
         if c.pid:
             try:
                 proc = psutil.Process(c.pid)
-                program, ours = _program(proc), _is_ours(proc, data_dir)
+                program, ours = _program(proc), _is_ours(proc, data_dir, recorded)
             except psutil.Error:
                 pass
         seen[port] = Holder(by_port[port], port, program, c.pid, ours)

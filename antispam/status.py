@@ -46,6 +46,32 @@ def describe(cfg: Any) -> dict[str, str]:
         if clash:
             return {"state": "conflict", "detail": "; ".join([*(h.describe() for h in clash), clash[0].fix()])}
     if _ping(a.url):
-        return {"state": "up", "detail": _("rspamd answers at {url}").format(url=a.url)}
+        detail = _("rspamd answers at {url}").format(url=a.url)
+        if a.virus_scan and a.managed:
+            detail += "; " + _virus_detail(cfg)
+        return {"state": "up", "detail": detail}
     return {"state": "down", "detail": _("rspamd does not answer at {url}; mail follows antispam.on_failure = {policy}").format(
         url=a.url, policy=a.on_failure)}
+
+
+def _clamd_answers(path: str, timeout: float = 1.0) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(b"zPING\0")
+            return s.recv(16).rstrip(b"\0") == b"PONG"
+    except OSError:
+        return False
+
+
+def _virus_detail(cfg: Any) -> str:
+    from .daemons import virus_scanner_missing
+    from .layout import Layout
+
+    if virus_scanner_missing(cfg):
+        return _("virus scanning off: clamd is not installed (apt install clamav-daemon)")
+    if _clamd_answers(str(Layout.from_config(cfg).clamd_socket)):
+        return _("virus scanning on (clamd answers)")
+    return _("virus scanning unavailable: clamd does not answer (loading its signatures, or none in {path})").format(
+        path=cfg.antispam.virus_database_dir)

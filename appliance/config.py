@@ -32,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from appliance.i18n import _
+from appliance.i18n import _, add_translations
 
 __all__ = [
     "SCHEMA",
@@ -310,6 +310,20 @@ def _conv_bind(raw: Any, opt: Option, ctx: _Ctx) -> tuple[str, int]:
     return _from_parser(parse_bind, raw)
 
 
+def _conv_processes(raw: Any, opt: Option, ctx: _Ctx) -> int:
+    """A number of processes, or "auto" (loaded as 0: the service picks one per CPU core)."""
+    if raw == "auto":
+        return 0
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        raise _expected(_('"auto" or a number of processes'), raw)
+    if raw < 1:
+        raise _Invalid(_("{value} is below the minimum {low}").format(value=raw, low=1))
+    return raw
+
+
+add_translations("zh-CN", {'"auto" or a number of processes': '"auto" 或进程数'})
+
+
 # kind -> (converter, Python type of the loaded value, formatter for limits in messages)
 _KINDS: dict[str, tuple[Callable[[Any, Option, _Ctx], Any], Any, Callable[[Any], str]]] = {
     "str": (_conv_str, str, str),
@@ -322,6 +336,7 @@ _KINDS: dict[str, tuple[Callable[[Any, Option, _Ctx], Any], Any, Callable[[Any],
     "ip_list": (_conv_ip_list, tuple, str),
     "domain_list": (_conv_domain_list, tuple, str),
     "bind": (_conv_bind, tuple, str),
+    "processes": (_conv_processes, int, lambda v: "auto" if v == 0 else str(v)),
 }
 
 
@@ -513,6 +528,7 @@ SCHEMA: dict[str, Section] = {
         "idle_timeout": Option("duration", "5m", "Drop a connection silent for this long (RFC 5321 asks for at least 5m).", min=1),
         "require_tls_for_auth": Option("bool", True, "Offer AUTH only after TLS. Keep true."),
         "reject_dmarc": Option("bool", True, "Reject mail failing DMARC with policy p=reject instead of filing it as spam."),
+        "workers": Option("processes", "auto", "Processes that accept SMTP and submission connections and deliver the mail they receive (SO_REUSEPORT on every SMTP listener; the service's own process keeps the outbound queue and the daily jobs). \"auto\" is one per CPU core, at most 8; 1 serves the listeners in the service's own process.", max=64),
         "directory_cache_ttl": Option("duration", "5s", "How long the MTA trusts a directory answer (a user, its state and quota, a group's members); changes made in the panel or the CLI reach SMTP within this time. 0 asks the directory every time.", min=0, max=HOUR),
     }),
     "imap": Section("IMAP and POP3 limits.", {
@@ -581,6 +597,8 @@ SCHEMA: dict[str, Section] = {
         "bayes_persist": Option("bool", True, "Keep the learned Bayes statistics across restarts (redis snapshots in <data_dir>/spam/redis); false keeps them in memory only."),
         "max_scan_size": Option("size", "20M", "Larger messages are accepted unscanned (X-Spam-Status: unchecked).", min=1 * K, max=2 * G),
         "quarantine_days": Option("int", 0, "Keep rejected spam encrypted this many days for review (`appliance quarantine`); 0 keeps none. A domain can set its own (`appliance quarantine days`).", min=0, max=365),
+        "virus_scan": Option("bool", False, "Scan attachments for viruses with ClamAV (Debian's clamav-daemon, started by the antispam service) through rspamd's antivirus module; infected mail is rejected at SMTP time. Needs a managed rspamd and signatures in antispam.virus_database_dir; clamd with the full signatures takes about 1.5 GB of memory."),
+        "virus_database_dir": Option("path", "/var/lib/clamav", "ClamAV signatures for the managed clamd: where freshclam keeps them (copy main/daily .cvd files in by hand on an air-gapped host); .ndb/.hdb files of your own there are used too."),
     }),
     "limits": Section("Per-account sending limits against a compromised password; 0 means no limit.", {
         "outbound_messages_per_hour": Option("int", 500, "Messages one account may send per hour.", min=0, max=10**9),
@@ -788,6 +806,8 @@ def _check_antispam(cfg: Config) -> None:
     if a.junk_score >= a.reject_score:
         raise _Invalid(_("must be below antispam.reject_score"), key="antispam.junk_score")
     if not a.managed:
+        if a.virus_scan:
+            raise _Invalid(_("virus scanning needs the managed rspamd (antispam.managed = true); configure the antivirus module of your own rspamd instead"), key="antispam.virus_scan")
         return
     ports: dict[int, str] = {}
     for key in ("url", "controller_url"):

@@ -77,6 +77,8 @@ CATALOGUES: dict[str, dict[str, str]] = {
         "a managed rspamd listens on 127.0.0.1 only: use http://127.0.0.1:PORT (or set antispam.managed = false)":
             "托管的 rspamd 只监听 127.0.0.1：请使用 http://127.0.0.1:端口（或设置 antispam.managed = false）",
         "port {port} is already used by {other}": "端口 {port} 已被 {other} 占用",
+        "virus scanning needs the managed rspamd (antispam.managed = true); configure the antivirus module of your own rspamd instead":
+            "病毒扫描需要托管的 rspamd（antispam.managed = true）；否则请在您自己的 rspamd 中配置 antivirus 模块",
         "environment variable {name} is not set (give a default: ${{{name}:-/path}})": "环境变量 {name} 未设置（可给出默认值：${{{name}:-/路径}}）",
     },
 }

@@ -534,7 +534,10 @@ def ensure_database(ctx: Context) -> None:
 # enables their own units: rspamd.service takes 11332-11334, our managed rspamd's default ports, and
 # redis-server.service runs a second, password-less redis on 6379 that nothing uses. unbound.service is
 # left alone: it may be the host's own resolver, and ours listens on another port (antispam.dns_port).
+# With antispam.virus_scan, clamav-daemon.service would load a second copy of the signatures (about
+# 1.5 GB); clamav-freshclam.service stays: it keeps the signatures our clamd reads up to date.
 DISTRIBUTION_UNITS = ("rspamd.service", "redis-server.service")
+VIRUS_UNITS = ("clamav-daemon.service",)
 
 
 def _unit_state(systemctl: Callable[..., tuple[bool, str]], verb: str, unit: str) -> str:
@@ -561,7 +564,7 @@ def release_distribution_units(ctx: Context, systemctl: Callable[..., tuple[bool
         ctx.log.note(_("antispam is not managed by the appliance: left {units} alone").format(units=", ".join(DISTRIBUTION_UNITS)))
         return []
     masked = []
-    for unit in DISTRIBUTION_UNITS:
+    for unit in DISTRIBUTION_UNITS + (VIRUS_UNITS if a.virus_scan else ()):
         state = _unit_state(systemctl, "is-enabled", unit)
         if state in ("", "not-found") or "No such file" in state or "not found" in state or "does not exist" in state:
             continue  # the package is not installed

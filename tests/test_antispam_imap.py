@@ -22,7 +22,14 @@ import signal
 import time
 
 import pytest
-from antispamkit import bayes_learns, shared_harness, unmanaged_overrides, wait_for, wait_ready
+from antispamkit import (
+    bayes_learns,
+    clamd_installed,
+    shared_harness,
+    unmanaged_overrides,
+    wait_for,
+    wait_ready,
+)
 from conftest import Server, create_test_instance
 from imapkit import imap, ok
 from mtakit import inbox, mx_client, new_user
@@ -171,3 +178,19 @@ def test_move_answers_at_once_while_rspamd_is_frozen(harness, server, inst, stor
     finally:
         c.logout()
         wait_ready(harness)
+
+
+@pytest.mark.skipif(not clamd_installed(), reason="clamav-daemon is not installed")
+def test_an_infected_attachment_is_refused_on_port_25(server, inst, store, user) -> None:  # type: ignore[no-untyped-def]
+    """The shared rspamd scans attachments with clamd (antispam.virus_scan): the sender gets a 550, nobody the virus."""
+    import smtplib
+
+    from test_antispam_virus import infected, with_attachment
+
+    email, _password = user
+    raw = with_attachment(infected(), "invoice.com").replace(b"bob@example.test", email.encode())
+    with mx_client(inst.ports["mx"]) as client:
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            client.sendmail("sender@partner.example", [email], raw)
+    assert err.value.smtp_code == 550 and b"virus" in err.value.smtp_error
+    assert inbox(store, email) == [] and inbox(store, email, "Junk") == []

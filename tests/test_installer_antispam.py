@@ -136,6 +136,21 @@ def test_install_stops_disables_and_masks_debians_rspamd_and_redis(tmp_path, sys
     assert "unmasked rspamd.service (it stays disabled)" in out_stream.getvalue()
 
 
+def test_with_virus_scanning_debians_clamd_is_masked_too_but_not_freshclam(tmp_path, systemd) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "root"
+    fake = Path(os.environ["FAKE_SYSTEMD"])
+    for unit in ("clamav-daemon.service", "clamav-freshclam.service"):
+        (fake / f"{unit}.enabled").write_text("enabled")
+        (fake / f"{unit}.active").write_text("active")
+    assert install(root, hooks())[0] == 0  # first without systemd, to get a config to edit
+    config = root / "etc/appliance/appliance.toml"
+    config.write_text(config.read_text().replace("virus_scan = false", "virus_scan = true"))
+    rc, out = install(root, systemd_hooks())
+    assert rc == 0, out
+    assert systemd.state("clamav-daemon.service") == ("masked", "inactive")
+    assert systemd.state("clamav-freshclam.service") == ("enabled", "active")  # keeps the signatures fresh
+
+
 def test_a_masked_unit_that_still_runs_is_stopped_and_missing_packages_are_skipped(tmp_path, systemd) -> None:  # type: ignore[no-untyped-def]
     systemd.remove("redis-server.service")  # package not installed
     (Path(os.environ["FAKE_SYSTEMD"]) / "rspamd.service.enabled").write_text("masked")
