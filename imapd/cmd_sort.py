@@ -20,7 +20,7 @@ from typing import Any
 
 from .parser import Args, ParseError
 from .replies import Reply
-from .search import COST, SearchData, Searcher, parse_search
+from .search import COST, BadCharset, SearchData, Searcher, SearchRequest, parse_search
 from .sortkeys import addr_mailbox, base_subject, display_key
 from .threading_refs import ThreadMsg, message_id, ordered_subject, references, render, thread_references
 
@@ -63,11 +63,15 @@ def parse_criteria(items: list) -> list[Criterion]:
     return out
 
 
-def parse_charset(args: Args) -> str:
+def parse_charset_and_search(args: Args, max_depth: int) -> SearchRequest:
+    """The charset (mandatory here) and the search criteria that follow it."""
     charset = args.astring("charset").decode("ascii", "replace").upper()
     if charset not in CHARSETS:
         raise Reply(BADCHARSET)
-    return charset
+    try:
+        return parse_search(args, max_depth, allow_return=False)
+    except BadCharset:  # a CHARSET key among the criteria
+        raise Reply(BADCHARSET) from None
 
 
 # ------------------------------------------------------------ References cache
@@ -118,7 +122,7 @@ class Orderer:
     """Sort keys and thread records of the messages of a view (runs in a worker thread).
 
     Keys derived from the summaries are computed once per distinct header
-    value (senders and subjects repeat) and, when they cover the whole view,
+    value in the process (senders and subjects repeat) and, when they cover the whole view,
     kept in the view's ``aligned`` store next to the summary fields, so the
     next SORT of the session only sorts.
     """
@@ -133,14 +137,7 @@ class Orderer:
         if got is not None:
             return got
         values = self.d.field(source)
-        memo: dict[str, Any] = {}
-
-        def key(v: str) -> Any:
-            k = memo.get(v)
-            if k is None:
-                k = memo[v] = fn(v)
-            return k
-
+        key = fn  # memoised process-wide (sortkeys): senders and subjects repeat
         if len(idxs) * 4 < len(values):  # a few messages of a large view: only those
             return {i: key(values[i]) for i in idxs}
         out = [key(v) for v in values]
@@ -242,8 +239,7 @@ class Orderer:
 class SortCommands:
     async def c_sort(self: Any, tag: str, args: Args, uid: bool = False) -> None:
         criteria = parse_criteria(args.list("sort criteria"))
-        parse_charset(args)
-        req = parse_search(args, self.shared.limits.max_search_depth, allow_return=False)
+        req = parse_charset_and_search(args, self.shared.limits.max_search_depth)
 
         def order(o: Orderer, found: list[int]) -> bytes:
             line = b" ".join(b"%d" % n for n in self._ids(o, o.sort(found, criteria), uid))
@@ -259,8 +255,7 @@ class SortCommands:
         algorithm = args.atom("threading algorithm").upper()
         if algorithm not in ALGORITHMS:
             raise ParseError("Unknown threading algorithm")
-        parse_charset(args)
-        req = parse_search(args, self.shared.limits.max_search_depth, allow_return=False)
+        req = parse_charset_and_search(args, self.shared.limits.max_search_depth)
         refs = algorithm == "REFERENCES"
 
         def order(o: Orderer, found: list[int]) -> bytes:

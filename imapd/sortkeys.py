@@ -9,6 +9,7 @@ message is opened to sort it. Pure functions, no I/O.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _WS = re.compile(r"\s+")
 _MULTI_WS = re.compile(r"\s\s|[^\S ]")
@@ -22,8 +23,17 @@ _BLOB_ONLY = re.compile(r"^" + _BLOB)
 _FWD_WRAP = re.compile(r"^\[fwd:(.*)\]$", re.S)
 
 
+MEMO_MAX = 1000  # longer values are not memoised (a memo's memory stays bounded)
+
+
 def base_subject(subject: str) -> tuple[str, bool]:
-    """(base subject, whether it was a reply or forward) of a decoded, casefolded subject (RFC 5256 2.1).
+    """(base subject, whether it was a reply or forward) of a decoded, casefolded subject (RFC 5256 2.1)."""
+    return _base_subject(subject) if len(subject) <= MEMO_MAX else _base_subject.__wrapped__(subject)
+
+
+@lru_cache(maxsize=100_000)  # subjects repeat, and every session of the process sorts the same mail
+def _base_subject(subject: str) -> tuple[str, bool]:
+    """Steps (1) to (6) of RFC 5256 2.1.
 
     The loops are bounded by the subject's length: each pass removes text.
     """
@@ -138,6 +148,11 @@ def first_mailbox(header: str) -> tuple[str, str] | None:
 
 def addr_mailbox(header: str) -> str:
     """RFC 5256 FROM/TO/CC key: the local part of the first address ("" if none)."""
+    return _addr_mailbox(header) if len(header) <= MEMO_MAX else _addr_mailbox.__wrapped__(header)
+
+
+@lru_cache(maxsize=50_000)
+def _addr_mailbox(header: str) -> str:
     got = first_mailbox(header)
     if got is None:
         return ""
@@ -148,6 +163,11 @@ def addr_mailbox(header: str) -> str:
 
 def display_key(header: str) -> str:
     """RFC 5957 DISPLAYFROM/DISPLAYTO key: the first address's display name, else its addr-spec."""
+    return _display_key(header) if len(header) <= MEMO_MAX else _display_key.__wrapped__(header)
+
+
+@lru_cache(maxsize=50_000)
+def _display_key(header: str) -> str:
     got = first_mailbox(header)
     if got is None:
         return ""

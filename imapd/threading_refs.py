@@ -59,18 +59,21 @@ class Node:
 def _sort_siblings(roots: list[Node]) -> list[Node]:
     """Sort every set of siblings by date, the deepest first; a dummy sorts as its first child."""
     order: list[Node] = []
-    stack = list(roots)
+    stack = [n for n in roots if n.children]
+    for n in roots:
+        if n.msg is not None:
+            n.key = n.msg.date
     while stack:
         n = stack.pop()
         order.append(n)
-        stack.extend(n.children)
+        for c in n.children:
+            if c.children:
+                stack.append(c)
+            elif c.msg is not None:
+                c.key = c.msg.date
     for n in reversed(order):  # children before their parents
-        if n.children:
-            n.children.sort(key=_key)
-        if n.msg is not None:
-            n.key = n.msg.date
-        elif n.children:
-            n.key = n.children[0].key
+        n.children.sort(key=_key)
+        n.key = n.msg.date if n.msg is not None else n.children[0].key
     roots.sort(key=_key)
     return roots
 
@@ -211,8 +214,8 @@ def _subject_of(n: Node) -> tuple[str, bool]:
 
 def _merge_subjects(top: list[Node]) -> list[Node]:
     table: dict[str, Node] = {}
-    for n in top:  # (5A-C) the subject table
-        subj, reply = _subject_of(n)
+    subjects = [_subject_of(n) for n in top]
+    for n, (subj, reply) in zip(top, subjects, strict=True):  # (5A-C) the subject table
         if not subj:
             continue
         t = table.get(subj)
@@ -220,8 +223,7 @@ def _merge_subjects(top: list[Node]) -> list[Node]:
             table[subj] = n
     out: list[Node] = []
     where: dict[int, int] = {}
-    for n in top:  # (5D) merge
-        subj, reply = _subject_of(n)
+    for n, (subj, reply) in zip(top, subjects, strict=True):  # (5D) merge
         t = table.get(subj) if subj else None
         if t is None or t is n:
             where[id(n)] = len(out)
@@ -251,6 +253,9 @@ def render(roots: list[Node], number: Callable[[int], int]) -> bytes:
     """The thread-list of the THREAD response: ``(1 2 (3)(4))((5)(6))``; ``number`` maps an index to its id."""
     out: list[bytes] = []
     for root in roots:
+        if not root.children and root.msg is not None:  # most threads: one message
+            out.append(b"(%d)" % number(root.msg.index))
+            continue
         stack: list[Node | bytes] = [b")", root, b"("]
         while stack:
             item = stack.pop()

@@ -123,8 +123,9 @@ def test_sort_with_search_criteria_and_uid(sorted_box) -> None:
 
 def test_sort_errors(inst, sorted_box) -> None:
     c = sorted_box
-    typ, data = c._simple_command("SORT", "(DATE)", "KOI8-R", "ALL")
-    assert typ == "NO" and b"[BADCHARSET (UTF-8 US-ASCII)]" in data[-1]
+    for args in (("KOI8-R", "ALL"), ("UTF-8", "CHARSET", "KOI8-R", "ALL")):
+        typ, data = c._simple_command("SORT", "(DATE)", *args)
+        assert typ == "NO" and b"[BADCHARSET (UTF-8 US-ASCII)]" in data[-1], data
     for bad in (("(NAME)", "UTF-8", "ALL"), ("(REVERSE)", "UTF-8", "ALL"), ("()", "UTF-8", "ALL"),
                 ("DATE", "UTF-8", "ALL"), ("(DATE)",), ("(DATE)", "UTF-8", "NOSUCHKEY")):
         with pytest.raises(imaplib.IMAP4.error, match="SORT command error: BAD"):
