@@ -49,6 +49,14 @@ Signatures:
   now: float | None = None) -> FreezeDecision`` (``.frozen``, ``.newly``, ``.reason``, ``.counts``)
 * ``outbound.record_failure(store, email: str, count: int = 1, *, limits=None,
   now: float | None = None) -> FreezeDecision``
+
+Outbound counters are exact across processes (one locked transaction per
+update, about 1 ms; ``bench/outbound_counters_bench.py``). With
+``antispam.virus_scan`` the managed service also runs clamd, and an infected
+attachment gets ``verdict.reply`` = "550 5.7.1 Message rejected: it contains
+a virus", whatever the recipients' allow lists say. ``antispam.ports`` tells
+our daemons from a foreign program (Debian's rspamd.service) on our ports,
+for ``appliance status`` and ``appliance doctor``.
 """
 
 from __future__ import annotations

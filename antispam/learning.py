@@ -10,6 +10,10 @@ itself never waits for it.
 
 Which mailbox is Junk is its special use (``\\Junk``), whatever its name.
 Moving out of Junk into Trash teaches nothing (the user is deleting spam).
+imapd calls the same hook for ``COPY`` into or out of Junk: clients without
+MOVE (and some with it) copy, then flag and expunge, so the copy is the
+user's verdict, as in Dovecot's IMAPSieve recipe for rspamd. Learning the
+same message twice is harmless: rspamd answers "already learned".
 
 The hook is given the moved messages' UIDs in the source mailbox; they get
 new UIDs in the destination, allocated in one transaction after the
