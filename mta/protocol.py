@@ -53,16 +53,25 @@ class Limits:
 
 
 class Connections:
-    """Live sessions of one service: the per-IP limit and graceful shutdown."""
+    """Live sessions of one process: the per-IP limit and graceful shutdown.
 
-    def __init__(self, max_per_ip: int) -> None:
+    With worker processes (``smtp.workers``), ``shared`` (mta.conncount) counts
+    every worker's connections, so the per-IP limit holds for the service.
+    """
+
+    def __init__(self, max_per_ip: int, shared: Any = None) -> None:
         self.max_per_ip = max_per_ip
+        self.shared = shared
         self.per_ip: Counter[str] = Counter()
         self.sessions: set[MtaSMTP] = set()
         self.closed = asyncio.Event()
 
     def add(self, session: MtaSMTP, ip: str) -> bool:
-        if self.per_ip[ip] >= self.max_per_ip:
+        if self.shared is not None:
+            if self.shared.total(ip) >= self.max_per_ip:
+                return False
+            self.shared.add(ip, 1)
+        elif self.per_ip[ip] >= self.max_per_ip:
             return False
         self.per_ip[ip] += 1
         self.sessions.add(session)
@@ -73,6 +82,8 @@ class Connections:
         if session in self.sessions:
             self.sessions.discard(session)
             self.per_ip[ip] -= 1
+            if self.shared is not None:
+                self.shared.add(ip, -1)
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]
         if not self.sessions:

@@ -20,6 +20,11 @@ then daily.
 The delivery worker for the outbound queue (mta/outbound.py) runs beside the
 listeners unless ``queue.hold`` is set; ``ctx.running["mta"].outbound`` is it
 (None when held), ``.queue`` the queue.
+
+With ``smtp.workers`` > 1 (the default "auto" on a machine with several
+cores) the listeners live in worker processes instead (mta/workers.py,
+``ctx.running["mta"].workers``); this process keeps the outbound queue
+worker and the maintenance job. ``start_listeners`` is what each worker runs.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from .outbound import Outbound, OutboundSettings
 from .policy import Policy
 from .protocol import Connections, Limits, MtaSMTP
 from .queue import OutboundQueue
+from .workers import WorkerPool, worker_count
 
 log = logging.getLogger("mta")
 
@@ -79,7 +85,7 @@ class MtaService:
 
     def __init__(self, servers: list[asyncio.AbstractServer], endpoints: list[str], connections: Connections,
                  shared: Shared, *, drain_timeout: float = 20.0, outbound: Outbound | None = None,
-                 maintenance: Maintenance | None = None) -> None:
+                 maintenance: Maintenance | None = None, workers: WorkerPool | None = None) -> None:
         self.servers = servers
         self.endpoints = endpoints
         self.connections = connections
@@ -87,6 +93,7 @@ class MtaService:
         self.drain_timeout = drain_timeout
         self.outbound = outbound
         self.maintenance = maintenance
+        self.workers = workers
 
     @property
     def queue(self) -> OutboundQueue:
@@ -100,6 +107,11 @@ class MtaService:
         for session in list(self.connections.sessions):
             session.shutdown()
         stopping = asyncio.ensure_future(self.outbound.stop(timeout=5.0)) if self.outbound is not None else None
+        if self.workers is not None:
+            try:
+                await self.workers.stop()
+            except Exception:  # noqa: BLE001 - keep stopping
+                log.exception("stopping the SMTP workers")
         if self.connections.sessions:
             try:
                 await asyncio.wait_for(self.connections.closed.wait(), self.drain_timeout)
@@ -120,13 +132,18 @@ class MtaService:
         await loop.run_in_executor(self.shared.executor, self.shared.events.close)
 
 
-def _shared(ctx: Any) -> Shared:
+def _shared(ctx: Any, *, worker: bool = False) -> Shared:
+    """Blocking. ``worker``: in an SMTP worker process, which leaves the queue's recovery to the service's
+    process and tells its queue worker of each message it queues (a kick file)."""
     cfg, store = ctx.cfg, ctx.store
     configure_dns(cfg.dns.resolvers, port=getattr(cfg.dns, "port", 53), timeout=float(cfg.dns.timeout))
     queue = OutboundQueue(store, Path(cfg.instance.data_dir) / "queue", fsync=cfg.storage.fsync)
-    removed = queue.recover()
-    if removed:
-        log.info("outbound queue: removed %d unfinished files", removed)
+    if worker:
+        queue.on_enqueue = lambda msg: queue.kick(msg.id)
+    else:
+        removed = queue.recover()
+        if removed:
+            log.info("outbound queue: removed %d unfinished files", removed)
     events = DeliveryLog(store)
     policy = Policy(store, ttl=float(cfg.smtp.directory_cache_ttl))
     deliverer = Deliverer(store, queue, events)
@@ -228,48 +245,92 @@ def _factory(ctx: Any, shared: Shared, connections: Connections, limits: Limits,
     return make
 
 
-async def start(ctx: Any) -> MtaService | None:
-    listeners = [lst for lst in ctx.cfg.listeners.values() if lst.protocol in PROTOCOLS]
-    if not listeners:
-        return None
-    _quiet_aiosmtpd()
+def _limits(ctx: Any) -> Limits:
     smtp = ctx.cfg.smtp
-    limits = Limits(
+    return Limits(
         max_message_size=smtp.max_message_size,
         max_line_length=smtp.max_line_length,
         max_header_size=smtp.max_header_size,
         max_errors=smtp.max_errors,
         idle_timeout=float(smtp.idle_timeout),
     )
+
+
+def _smtp_listeners(ctx: Any) -> list[Any]:
+    return [lst for lst in ctx.cfg.listeners.values() if lst.protocol in PROTOCOLS]
+
+
+async def _listen(ctx: Any, shared: Shared, connections: Connections, *,
+                  reuse_port: bool = False) -> tuple[list[asyncio.AbstractServer], list[str]]:
+    """Open every SMTP listener on this loop."""
     loop = asyncio.get_running_loop()
-    shared = await loop.run_in_executor(ctx.executor, _shared, ctx)
-    connections = Connections(smtp.max_connections_per_ip)
+    limits = _limits(ctx)
     servers: list[asyncio.AbstractServer] = []
     endpoints: list[str] = []
     try:
-        for lst in listeners:
+        for lst in _smtp_listeners(ctx):
             factory = _factory(ctx, shared, connections, limits, lst)
             ssl = ctx.ssl_context if lst.tls == "implicit" else None
             if lst.tls != "none" and ctx.ssl_context is None:
                 raise ConfigError(f"{ctx.cfg.path}: listeners.{lst.name}.tls: TLS is configured but no certificate was loaded",
                                   key=f"listeners.{lst.name}.tls")
-            server = await loop.create_server(factory, lst.host, lst.port, ssl=ssl, reuse_address=True, backlog=512)
+            server = await loop.create_server(factory, lst.host, lst.port, ssl=ssl, reuse_address=True,
+                                              reuse_port=reuse_port or None, backlog=512)
             servers.append(server)
             endpoints.append(f"{lst.protocol} {lst.bind}")
     except BaseException:
         for srv in servers:
             srv.close()
         raise
+    return servers, endpoints
+
+
+async def start_listeners(ctx: Any, *, connections_table: Any = None) -> MtaService | None:
+    """An SMTP worker process (mta/worker.py): the listeners only, with SO_REUSEPORT; no queue worker,
+    no maintenance. ``connections_table`` (mta.conncount.SharedCounts) counts connections per IP over
+    every worker."""
+    if not _smtp_listeners(ctx):
+        return None
+    _quiet_aiosmtpd()
+    loop = asyncio.get_running_loop()
+    shared = await loop.run_in_executor(ctx.executor, functools.partial(_shared, ctx, worker=True))
+    connections = Connections(ctx.cfg.smtp.max_connections_per_ip, connections_table)
+    servers, endpoints = await _listen(ctx, shared, connections, reuse_port=True)
+    return MtaService(servers, endpoints, connections, shared)
+
+
+async def start(ctx: Any) -> MtaService | None:
+    if not _smtp_listeners(ctx):
+        return None
+    _quiet_aiosmtpd()
+    loop = asyncio.get_running_loop()
+    shared = await loop.run_in_executor(ctx.executor, _shared, ctx)
+    connections = Connections(ctx.cfg.smtp.max_connections_per_ip)
+    count = worker_count(ctx.cfg.smtp.workers)
+    pool: WorkerPool | None = None
+    servers: list[asyncio.AbstractServer] = []
+    if count > 1:
+        pool = WorkerPool(ctx.cfg.path, count)
+        await pool.start()
+        endpoints = [f"{lst.protocol} {lst.bind}" for lst in _smtp_listeners(ctx)]
+    else:
+        servers, endpoints = await _listen(ctx, shared, connections)
+
+    def undo() -> None:
+        for srv in servers:
+            srv.close()
+
     outbound = None
     if not ctx.cfg.queue.hold:
         try:
             outbound = await loop.run_in_executor(ctx.executor, _outbound_worker, ctx, shared)
             await outbound.start()
         except BaseException:
-            for srv in servers:
-                srv.close()
+            undo()
+            if pool is not None:
+                await pool.stop()
             raise
     maintenance = Maintenance(ctx.store, float(ctx.cfg.log.retention), Path(ctx.cfg.instance.data_dir) / "maintenance.lock",
                               executor=ctx.executor)
     maintenance.start()
-    return MtaService(servers, endpoints, connections, shared, outbound=outbound, maintenance=maintenance)
+    return MtaService(servers, endpoints, connections, shared, outbound=outbound, maintenance=maintenance, workers=pool)

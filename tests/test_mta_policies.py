@@ -110,6 +110,7 @@ def test_bounces_of_a_users_mail_freeze_it_after_the_limit(inst, store) -> None:
     with submission_client(inst.ports["submission"], user, password) as client:
         client.sendmail(user, rcpts[:2], message(user, ", ".join(rcpts[:2]), "first two"))
     wait_for(lambda: [m for m in inbox(store, user) if b"multipart/report" in m], 20)  # the DSN came back
+    wait_for(lambda: outbound.counters(store, user)["failures"] == 2, 20)  # counted just after the DSN went out
     assert outbound.counters(store, user)["failures"] == 2 and not outbound.is_frozen(store, user)
     with submission_client(inst.ports["submission"], user, password) as client:
         client.sendmail(user, rcpts[2:], message(user, ", ".join(rcpts[2:]), "two more"))
