@@ -17,6 +17,9 @@ parser.py       tokens, arguments, sequence sets
 fetch.py        FETCH items and body sections (partial, HEADER.FIELDS, BINARY)
 structure.py    ENVELOPE and BODYSTRUCTURE from the structure cached at ingest
 search.py       SEARCH keys evaluated cheapest first over the index
+cmd_sort.py     SORT and THREAD (RFC 5256, RFC 5957), over SEARCH's matches
+sortkeys.py     base subjects, address and display sort keys
+threading_refs  ORDEREDSUBJECT and REFERENCES threading, thread-list output
 selected.py     a session's view of its mailbox and the RFC 3501 7.4.1 rules
 views.py        per-process snapshots that make SELECT cheap
 msgcache.py     per-process caches of what never changes about a message

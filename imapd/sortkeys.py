@@ -23,7 +23,7 @@ _BLOB_ONLY = re.compile(r"^" + _BLOB)
 _FWD_WRAP = re.compile(r"^\[fwd:(.*)\]$", re.S)
 
 
-MEMO_MAX = 1000  # longer values are not memoised (a memo's memory stays bounded)
+MEMO_MAX = 300  # longer values are not memoised (a memo's memory stays bounded)
 
 
 def base_subject(subject: str) -> tuple[str, bool]:
