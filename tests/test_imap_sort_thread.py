@@ -12,6 +12,7 @@ one more than sequence numbers and UID SORT/THREAD are told apart.
 from __future__ import annotations
 
 import imaplib
+import re
 import time
 
 import pytest
@@ -119,6 +120,8 @@ def test_sort_with_search_criteria_and_uid(sorted_box) -> None:
     assert [int(x) for x in data[0].split()] == [6, 3, 4, 7, 2, 5]  # UIDs: sequence number + 1
     data = ok(c.uid("SORT", "(SUBJECT)", "US-ASCII", "UID", "3:5"))
     assert [int(x) for x in data[0].split()] == [5, 3, 4]  # apple pie, banana split, äpfel
+    data = ok(c.sort("(DATE)", "UTF-8", "MODSEQ", "1"))  # CONDSTORE: the highest MODSEQ of the matches
+    assert re.fullmatch(rb"4 5 3 2 1 6 \(MODSEQ \d+\)", data[0]), data
 
 
 def test_sort_errors(inst, sorted_box) -> None:
@@ -332,7 +335,6 @@ def test_random_threads_keep_every_message_once(seed) -> None:
     """Duplicates, loops, self-references, missing parents, shared subjects: every message is in the
     output exactly once, for both algorithms, and the lists are balanced."""
     import random
-    import re
 
     from imapd.threading_refs import ordered_subject
 
