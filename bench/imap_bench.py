@@ -30,7 +30,9 @@ faster / leaner).
 --big N adds the read operations on an N-message mailbox filled directly
 (ours through the store API, Dovecot as Maildir files). With --keep the
 instance of ours stays; --reuse DIR runs on it again and --big-reuse skips the
-fill where the mailbox already holds N messages, on both servers.
+fill where the mailbox already holds N messages, on both servers. --ops times
+only the named operations (e.g. ``--ops uid_fetch_flags`` with many --runs or
+--big-runs, to compare one row on a busy machine).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ MAILBOX = "bench-ops"
 WORD = "kumquat"
 BODY_WORD = "roadmap"
 OPS = ["login", "select", "uid_fetch_flags", "fetch_envelope", "search_subject", "search_body", "fetch_body_100"]
+ACTIVE = list(OPS)  # --ops: the timed operations of this run (login and select always)
 
 
 @dataclass
@@ -144,14 +147,21 @@ def one_run(t: Target, rng: random.Random, box: str = MAILBOX) -> dict:
     c = connect(t)
     timed("login", lambda: check(*c.login(t.user, t.password), what="LOGIN"))
     exists = int(timed("select", lambda: check(*c.select(box), what="SELECT"))[0])
-    data = timed("uid_fetch_flags", lambda: check(*c.uid("FETCH", "1:*", "(FLAGS)"), what="UID FETCH"))
-    uids = [int(m.group(1)) for d in data if isinstance(d, bytes) for m in [re.search(rb"UID (\d+)", d)] if m]
-    data = timed("fetch_envelope", lambda: check(*c.fetch("1:*", "(ENVELOPE)"), what="FETCH ENVELOPE"))
-    envelopes = sum(1 for d in data if d is not None and re.match(rb"\d+ \(ENVELOPE", d[0] if isinstance(d, tuple) else d))
-    data = timed("search_subject", lambda: check(*c.uid("SEARCH", "SUBJECT", WORD), what="SEARCH SUBJECT"))
-    subject_hits = len(data[0].split()) if data and data[0] else 0
-    data = timed("search_body", lambda: check(*c.uid("SEARCH", "BODY", BODY_WORD), what="SEARCH BODY"))
-    body_hits = len(data[0].split()) if data and data[0] else 0
+    envelopes = subject_hits = body_hits = nbytes = 0
+    uids: list[int] = []
+    if "uid_fetch_flags" in ACTIVE or "fetch_body_100" in ACTIVE:
+        data = timed("uid_fetch_flags", lambda: check(*c.uid("FETCH", "1:*", "(FLAGS)"), what="UID FETCH"))
+        uids = [int(m.group(1)) for d in data if isinstance(d, bytes) for m in [re.search(rb"UID (\d+)", d)] if m]
+    if "fetch_envelope" in ACTIVE:
+        data = timed("fetch_envelope", lambda: check(*c.fetch("1:*", "(ENVELOPE)"), what="FETCH ENVELOPE"))
+        envelopes = sum(1 for d in data if d is not None
+                        and re.match(rb"\d+ \(ENVELOPE", d[0] if isinstance(d, tuple) else d))
+    if "search_subject" in ACTIVE:
+        data = timed("search_subject", lambda: check(*c.uid("SEARCH", "SUBJECT", WORD), what="SEARCH SUBJECT"))
+        subject_hits = len(data[0].split()) if data and data[0] else 0
+    if "search_body" in ACTIVE:
+        data = timed("search_body", lambda: check(*c.uid("SEARCH", "BODY", BODY_WORD), what="SEARCH BODY"))
+        body_hits = len(data[0].split()) if data and data[0] else 0
     pick = rng.sample(uids, min(100, len(uids)))
 
     def bodies() -> int:
@@ -162,7 +172,8 @@ def one_run(t: Target, rng: random.Random, box: str = MAILBOX) -> dict:
                     total += len(part[1])
         return total
 
-    nbytes = timed("fetch_body_100", bodies)
+    if "fetch_body_100" in ACTIVE:
+        nbytes = timed("fetch_body_100", bodies)
     c.logout()
     return {"times_ms": tm, "cpu_ms": cpu, "exists": exists, "flags": len(uids), "envelopes": envelopes,
             "subject_hits": subject_hits, "body_hits": body_hits, "body_bytes": nbytes}
@@ -438,14 +449,14 @@ def run_targets(targets: list[Target], a: argparse.Namespace) -> None:
         for t in targets:
             r = one_run(t, random.Random(rng.random()))
             t.results["runs"].append(r)
-            print(f"[{t.name}] run {i + 1}: " + " ".join(f"{k}={r['times_ms'][k]:.1f}ms" for k in OPS)
+            print(f"[{t.name}] run {i + 1}: " + " ".join(f"{k}={r['times_ms'][k]:.1f}ms" for k in ACTIVE)
                   + f"  exists={r['exists']} subject={r['subject_hits']} body={r['body_hits']}", flush=True)
     for t in targets:
         runs = t.results["runs"][1:] or t.results["runs"]  # the first run is cold (caches being built)
         if runs:
-            t.results["median_ms"] = {k: round(statistics.median(r["times_ms"][k] for r in runs), 1) for k in OPS}
+            t.results["median_ms"] = {k: round(statistics.median(r["times_ms"][k] for r in runs), 1) for k in ACTIVE}
             if all(r.get("cpu_ms") for r in runs):
-                t.results["median_cpu_ms"] = {k: round(statistics.median(r["cpu_ms"][k] for r in runs), 1) for k in OPS}
+                t.results["median_cpu_ms"] = {k: round(statistics.median(r["cpu_ms"][k] for r in runs), 1) for k in ACTIVE}
             t.results["cold_ms"] = t.results["runs"][0]["times_ms"]
     if a.mixed_seconds > 0 and a.messages:
         for t in targets:
@@ -471,14 +482,14 @@ def run_targets(targets: list[Target], a: argparse.Namespace) -> None:
             for t in targets:
                 r = one_run(t, random.Random(i), box)
                 t.results["big_runs"].append(r)
-                print(f"[{t.name}] {box} run {i + 1}: " + " ".join(f"{k}={r['times_ms'][k]:.1f}ms" for k in OPS)
+                print(f"[{t.name}] {box} run {i + 1}: " + " ".join(f"{k}={r['times_ms'][k]:.1f}ms" for k in ACTIVE)
                       + f"  exists={r['exists']} subject={r['subject_hits']} body={r['body_hits']}", flush=True)
         for t in targets:
             runs = t.results["big_runs"]
-            t.results["big_median_ms"] = {k: round(statistics.median(r["times_ms"][k] for r in runs[1:]), 1) for k in OPS}
+            t.results["big_median_ms"] = {k: round(statistics.median(r["times_ms"][k] for r in runs[1:]), 1) for k in ACTIVE}
             if all(r.get("cpu_ms") for r in runs[1:]):
                 t.results["big_median_cpu_ms"] = {k: round(statistics.median(r["cpu_ms"][k] for r in runs[1:]), 1)
-                                                  for k in OPS}
+                                                  for k in ACTIVE}
             t.results["big_cold_ms"] = runs[0]["times_ms"]
 
 
@@ -500,22 +511,22 @@ def report(targets: list[Target], a: argparse.Namespace) -> None:
 
     if all("median_ms" in t.results for t in targets):
         row("APPEND", [t.results["fill"]["append_rate"] for t in targets], "msg/s", True)
-        for k in OPS:
+        for k in ACTIVE:
             row(k, [t.results["median_ms"][k] for t in targets], "ms", False)
-        for k in ("select", "fetch_envelope", "search_subject", "search_body"):
+        for k in [k for k in ("select", "fetch_envelope", "search_subject", "search_body") if k in ACTIVE]:
             row(f"{k} (cold)", [t.results["cold_ms"][k] for t in targets], "ms", False)
         if all("median_cpu_ms" in t.results for t in targets):
             print("  -- server CPU per operation (user + system of the server's processes, 10 ms ticks)")
-            for k in OPS[1:]:
+            for k in ACTIVE[1:]:
                 row(f"{k} CPU", [t.results["median_cpu_ms"][k] for t in targets], "ms", False)
     if all("big_median_ms" in t.results for t in targets):
-        print(f"  -- {a.big:,}-message mailbox (median of runs 2..3; run 1 cold)")
-        for k in OPS[1:]:
+        print(f"  -- {a.big:,}-message mailbox (median of runs 2..{max(3, a.big_runs)}; run 1 cold)")
+        for k in ACTIVE[1:]:
             row(f"{k}", [t.results["big_median_ms"][k] for t in targets], "ms", False)
-        for k in ("select", "fetch_envelope", "search_subject", "search_body"):
+        for k in [k for k in ("select", "fetch_envelope", "search_subject", "search_body") if k in ACTIVE]:
             row(f"{k} (cold)", [t.results["big_cold_ms"][k] for t in targets], "ms", False)
         if all("big_median_cpu_ms" in t.results for t in targets):
-            for k in OPS[1:]:
+            for k in ACTIVE[1:]:
                 row(f"{k} CPU", [t.results["big_median_cpu_ms"][k] for t in targets], "ms", False)
     if all("mixed" in t.results for t in targets):
         row(f"mixed {a.clients} clients", [t.results["mixed"]["ops_per_s"] for t in targets], "op/s", True)
@@ -545,9 +556,16 @@ def main() -> int:
     p.add_argument("--user")
     p.add_argument("--password")
     p.add_argument("--pid", type=int, action="append", default=[], help="server process(es) to measure (generic mode)")
+    p.add_argument("--ops", help="comma-separated timed operations (default all): " + ",".join(OPS[2:]))
     p.add_argument("--json")
     p.add_argument("--keep", action="store_true", help="keep our throw-away instance (its path is printed)")
     a = p.parse_args()
+    if a.ops:
+        wanted = {o.strip() for o in a.ops.split(",") if o.strip()}
+        unknown = wanted - set(OPS)
+        if unknown:
+            p.error("unknown --ops: " + ", ".join(sorted(unknown)))
+        ACTIVE[:] = [o for o in OPS if o in wanted or o in ("login", "select")]
     targets: list[Target] = []
     cleanup = []
     try:

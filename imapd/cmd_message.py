@@ -7,11 +7,14 @@ first thing that job does is read what changed since the view was last
 current (one indexed row when nothing did), so FLAGS are never stale; flags
 come from the view, the unchanging facts (size, dates, ENVELOPE,
 BODYSTRUCTURE) from the process-wide message cache, and only body sections
-open an encrypted file.
+open an encrypted file. FETCH of index items alone (UID, FLAGS, MODSEQ,
+RFC822.SIZE, INTERNALDATE) makes no such trip: it is rendered on the reactor
+(see ``indexfetch``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -24,19 +27,18 @@ from .fetch import (
     body_structure,
     date_item,
     envelope,
-    flags_item,
     parse_items,
     render_section,
 )
+from .indexfetch import CHUNK, FlagItems, changed_since, index_only, needs_facts, render
 from .parser import Args, ParseError, format_uidset, parse_seqset
 from .replies import Reply
 from .search import COST, BadCharset, SearchData, Searcher, parse_search
 from .structure import SectionError
-from .wire import flag_list, literal
+from .wire import literal
 
 _STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
 MODES = {"": "set", "+": "add", "-": "remove"}
-FLAG_ITEMS = {"UID", "FLAGS", "MODSEQ"}
 
 
 class MessageCommands:
@@ -75,6 +77,11 @@ class MessageCommands:
             gone = [u for u in gone if any(a <= u <= b for a, b in ranges)]
             if gone:
                 self.send(b"* VANISHED (EARLIER) " + format_uidset(gone).encode() + b"\r\n")
+        if index_only(plan):
+            await self._index_fetch(sel, idxs, plan, changedsince)
+            if not self.lost:
+                self.tagged(tag, b"OK FETCH completed")
+            return
         if self._cheap_fetch(sel, idxs, plan):
             # a few messages, everything in memory: cheaper here than a trip to a worker
             self.send(b"".join(self._fetch_job(sel, idxs, plan, changedsince, True)))
@@ -93,17 +100,57 @@ class MessageCommands:
             raise Reply(b"NO [UNKNOWN-CTE] A part has an unknown content transfer encoding") from None
         self.tagged(tag, b"OK FETCH completed")
 
+    async def _index_fetch(self: Any, sel: Any, idxs: list[int], plan: FetchPlan, changedsince: int | None) -> None:
+        """FETCH of index items: rendered here on the reactor, chunk by chunk (see ``indexfetch``)."""
+        if sel.dirty or changedsince is not None or "FLAGS" in plan.items or "MODSEQ" in plan.items:
+            self.send_many(await self._refresh_here(sel))
+        idxs = changed_since(sel, idxs, changedsince)
+        if not idxs:
+            return
+        facts = None
+        if needs_facts(plan):
+            cache = self.shared.msg_cache
+            uids = sel.uids
+            want = [uids[i] for i in idxs]
+            box = cache.peek(sel.id, sel.uidvalidity)
+            if box is None or any(u not in box for u in want):
+                box = await self.run(cache.load, self.shared.store, sel.id, sel.uidvalidity, want)
+                if self.lost:
+                    return
+            facts = [box.get(u) for u in want]  # held here: an eviction meanwhile changes nothing
+        flag_item = FlagItems(sel)
+        step = CHUNK
+        for k in range(0, len(idxs), step):
+            chunk = render(sel, idxs[k:k + step], plan.items, facts[k:k + step] if facts is not None else None,
+                           flag_item)
+            if chunk:
+                self.send(b"".join(chunk))
+            if k + step < len(idxs):
+                # a turn of the loop: the transport writes this chunk, other sessions get their turn
+                if self._paused:
+                    await self.drain()
+                else:
+                    await asyncio.sleep(0)
+                if self.lost:
+                    return
+
+    async def _refresh_here(self: Any, sel: Any) -> list[bytes]:
+        """Bring the view up to date before a FETCH; on SQLite an unchanged mailbox costs one row read here."""
+        if self.shared.inline_reads:
+            sel.dirty = False
+            if self.shared.store.mail.versions([sel.id]).get(sel.id) == sel.version:
+                return []
+        return await self.run(lambda: self.refresh_view(sel, allow_expunge=False))
+
     def _cheap_fetch(self: Any, sel: Any, idxs: list[int], plan: FetchPlan) -> bool:
         """True if a FETCH needs no file, no structure and no index read beyond the mailbox's version."""
         if not self.shared.inline_reads or plan.needs_blob or len(idxs) > 200:
             return False
         box = self.shared.msg_cache.peek(sel.id, sel.uidvalidity)
-        if box is None and not plan.index_only:
+        if box is None:
             return False
         for i in idxs:
-            if plan.index_only and set(plan.items) <= FLAG_ITEMS:
-                break
-            m = box.get(sel.uids[i]) if box is not None else None
+            m = box.get(sel.uids[i])
             if m is None or (plan.needs_meta and _needs_meta(m, plan)):
                 return False
         return True
@@ -115,41 +162,9 @@ class MessageCommands:
         out = self.refresh_view(sel, allow_expunge=False) if fresh else []
         if not idxs:
             return out
-        uids, flags, modseqs, recent = sel.uids, sel.flags, sel.modseqs, sel.recent
-        if changedsince is not None:
-            idxs = [i for i in idxs if modseqs[i] > changedsince]
-        flag_cache: dict[tuple[frozenset[str], bool], bytes] = {}
-
-        def flag_item(i: int) -> bytes:
-            key = (flags[i], uids[i] in recent)
-            got = flag_cache.get(key)
-            if got is None:
-                got = flag_cache[key] = flags_item(*key)
-            return got
-
-        if plan.items == ["UID", "FLAGS"]:  # what every client sends to resynchronise: one format per line
-            lists: dict[frozenset[str], bytes] = {}
-            for i in idxs:
-                f, u = flags[i], uids[i]
-                fl = lists.get(f)
-                if fl is None:
-                    fl = lists[f] = flag_list(f)
-                if recent and u in recent:
-                    fl = flag_list([*f, "\\Recent"])
-                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (i + 1, u, fl))
-            return out
-        if set(plan.items) <= FLAG_ITEMS:
-            with_uid, with_flags, with_modseq = "UID" in plan.items, "FLAGS" in plan.items, "MODSEQ" in plan.items
-            for i in idxs:
-                parts = []
-                if with_uid:
-                    parts.append(b"UID %d" % uids[i])
-                if with_flags:
-                    parts.append(flag_item(i))
-                if with_modseq:
-                    parts.append(b"MODSEQ (%d)" % modseqs[i])
-                out.append(b"* %d FETCH (" % (i + 1) + b" ".join(parts) + b")\r\n")
-            return out
+        uids, flags = sel.uids, sel.flags
+        idxs = changed_since(sel, idxs, changedsince)
+        flag_item = FlagItems(sel)
         store, user = self.shared.store, self.user
         msgs = self.shared.msg_cache.load(store, sel.id, sel.uidvalidity, [uids[i] for i in idxs])
         seen_now: set[int] = set()
@@ -170,65 +185,19 @@ class MessageCommands:
                 metas = store.mail.metas(user, need)
             elif need:
                 metas = {need[0].id: store.mail.meta(user, need[0])}
+
+        def open_reader(m: Any) -> Any:
+            return store.mail.open_blob(user, m)
+
         for i in idxs:
             m = msgs.get(uids[i])
             if m is None:
                 continue  # expunged by another session: nothing to say about it
-            items = self._fetch_items(m, plan, i, flag_item, metas.get(m.id))
+            items = message_items(sel, m, plan, i, flag_item, metas.get(m.id), open_reader)
             if m.uid in seen_now and "FLAGS" not in plan.items:
                 items.append(flag_item(i))
             out.append(b"* %d FETCH (" % (i + 1) + b" ".join(items) + b")\r\n")
         return out
-
-    def _fetch_items(self: Any, m: Any, plan: FetchPlan, i: int, flag_item: Any, meta: dict | None) -> list[bytes]:
-        sel = self.selected
-        items: list[bytes] = []
-        reader = None
-        try:
-            for it in plan.items:
-                if it == "UID":
-                    items.append(b"UID %d" % m.uid)
-                elif it == "FLAGS":
-                    items.append(flag_item(i))
-                elif it == "INTERNALDATE":
-                    items.append(date_item(m.internal_date))
-                elif it == "RFC822.SIZE":
-                    items.append(b"RFC822.SIZE %d" % m.size)
-                elif it == "MODSEQ":
-                    items.append(b"MODSEQ (%d)" % sel.modseqs[i])
-                elif it == "ENVELOPE":
-                    if m.env is None:
-                        assert meta is not None
-                        m.env = envelope(meta["env"])
-                    items.append(b"ENVELOPE " + m.env)
-                elif it == "BODYSTRUCTURE":
-                    if m.bs is None:
-                        assert meta is not None
-                        m.bs = body_structure(meta["struct"], extended=True)
-                    items.append(b"BODYSTRUCTURE " + m.bs)
-                elif it == "BODY":
-                    if m.body is None:
-                        assert meta is not None
-                        m.body = body_structure(meta["struct"], extended=False)
-                    items.append(b"BODY " + m.body)
-                else:
-                    if reader is None:
-                        reader = self.shared.store.mail.open_blob(self.user, m)
-                    if isinstance(it, Section):
-                        items.append(render_section(reader, meta["struct"] if meta else None, m.size, it))
-                    elif it == "RFC822":
-                        items.append(b"RFC822 " + literal(reader.read_range(0, m.size)))
-                    else:
-                        assert meta is not None
-                        end = meta["struct"]["h"][1]
-                        if it == "RFC822.HEADER":
-                            items.append(b"RFC822.HEADER " + literal(reader.read_range(0, end)))
-                        else:
-                            items.append(b"RFC822.TEXT " + literal(reader.read_range(end, m.size - end)))
-        finally:
-            if reader is not None:
-                reader.close()
-        return items
 
     # ---------------------------------------------------------------- STORE
     async def c_store(self: Any, tag: str, args: Args, uid: bool = False) -> None:
@@ -421,6 +390,58 @@ class MessageCommands:
         args.end()
         await self.sync(allow_expunge=True, force=True)
         self.tagged(tag, b"OK CHECK completed")
+
+
+def message_items(sel: Any, m: Any, plan: FetchPlan, i: int, flag_item: Any, meta: dict | None,
+                  open_reader: Any) -> list[bytes]:
+    """The items of one FETCH response, in the plan's order (``i``: the message's index in the view)."""
+    items: list[bytes] = []
+    reader = None
+    try:
+        for it in plan.items:
+            if it == "UID":
+                items.append(b"UID %d" % m.uid)
+            elif it == "FLAGS":
+                items.append(flag_item(i))
+            elif it == "INTERNALDATE":
+                items.append(date_item(m.internal_date))
+            elif it == "RFC822.SIZE":
+                items.append(b"RFC822.SIZE %d" % m.size)
+            elif it == "MODSEQ":
+                items.append(b"MODSEQ (%d)" % sel.modseqs[i])
+            elif it == "ENVELOPE":
+                if m.env is None:
+                    assert meta is not None
+                    m.env = envelope(meta["env"])
+                items.append(b"ENVELOPE " + m.env)
+            elif it == "BODYSTRUCTURE":
+                if m.bs is None:
+                    assert meta is not None
+                    m.bs = body_structure(meta["struct"], extended=True)
+                items.append(b"BODYSTRUCTURE " + m.bs)
+            elif it == "BODY":
+                if m.body is None:
+                    assert meta is not None
+                    m.body = body_structure(meta["struct"], extended=False)
+                items.append(b"BODY " + m.body)
+            else:
+                if reader is None:
+                    reader = open_reader(m)
+                if isinstance(it, Section):
+                    items.append(render_section(reader, meta["struct"] if meta else None, m.size, it))
+                elif it == "RFC822":
+                    items.append(b"RFC822 " + literal(reader.read_range(0, m.size)))
+                else:
+                    assert meta is not None
+                    end = meta["struct"]["h"][1]
+                    if it == "RFC822.HEADER":
+                        items.append(b"RFC822.HEADER " + literal(reader.read_range(0, end)))
+                    else:
+                        items.append(b"RFC822.TEXT " + literal(reader.read_range(end, m.size - end)))
+    finally:
+        if reader is not None:
+            reader.close()
+    return items
 
 
 def _needs_meta(m: Any, plan: FetchPlan) -> bool:

@@ -118,3 +118,106 @@ def test_many_records_parse_as_one_and_fall_back_one_by_one() -> None:
     with pytest.raises(ValueError):
         _parse_many([b'{"a":1},{"b":2}', b'{"c":3}'])  # not one record each: never misaligned
     assert _parse_many([]) == [] and _parse_many([b"[1]"]) == [[1]]
+
+
+# ------------------------------------------------ FETCH of index items on the reactor
+
+
+def _view(n: int = 60):  # type: ignore[no-untyped-def]
+    """A session's view of ``n`` messages with gaps in the UIDs, mixed flags, keywords and \\Recent."""
+    from array import array
+
+    from imapd.msgcache import Msg
+    from imapd.selected import Selected
+    from storage.records import Mailbox, MessageInfo
+
+    uids = [u for u in range(1, 3 * n) if u % 3 != 2][:n]
+    kinds = [frozenset(), frozenset({"\\Seen"}), frozenset({"\\Seen", "\\Flagged"}), frozenset({"$Label1", "\\Answered"}),
+             frozenset({"\\Deleted", "\\Seen", "$Junk"})]
+    flags = [kinds[(u * 7) % len(kinds)] for u in uids]
+    modseqs = array("Q", [10 + (u * 13) % 50 for u in uids])
+    box = Mailbox(id=1, user_id=1, name="INBOX", uidvalidity=77, uidnext=uids[-1] + 1, highestmodseq=max(modseqs),
+                  special_use=None, subscribed=True)
+    sel = Selected(box, False, array("I", uids), flags, modseqs, condstore=True, qresync=False)
+    sel.recent = set(uids[-4:])
+    msgs = {u: Msg(MessageInfo(id=1000 + u, mailbox_id=1, uid=u, blob_id=f"b{u}", size=500 + u * 31,
+                               internal_date=1_700_000_000 + u * 3607.5, flags=frozenset(), modseq=0)) for u in uids}
+    return sel, msgs
+
+
+def _general(sel, msgs, idxs, items):  # type: ignore[no-untyped-def]
+    """What the worker path renders for the same request (one ``message_items`` per message)."""
+    from imapd.cmd_message import message_items
+    from imapd.fetch import FetchPlan
+    from imapd.indexfetch import FlagItems
+
+    plan = FetchPlan()
+    for it in items:
+        plan.add(it)
+    fi = FlagItems(sel)
+    out = []
+    for i in idxs:
+        m = msgs[sel.uids[i]]
+        out.append(b"* %d FETCH (" % (i + 1) + b" ".join(message_items(sel, m, plan, i, fi, None, None)) + b")\r\n")
+    return b"".join(out)
+
+
+INDEX_PLANS = [
+    ["UID", "FLAGS"],
+    ["UID", "FLAGS", "MODSEQ"],
+    ["FLAGS"],
+    ["MODSEQ", "FLAGS"],
+    ["UID", "MODSEQ"],
+    ["UID", "RFC822.SIZE", "INTERNALDATE", "FLAGS"],
+    ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+    ["UID", "FLAGS", "MODSEQ", "RFC822.SIZE"],
+]
+
+
+@pytest.mark.parametrize("items", INDEX_PLANS, ids=lambda it: "+".join(it))
+@pytest.mark.parametrize("spec", ["1:*", "2,5:9,20,33:40,58:*", "60"])
+@pytest.mark.parametrize("changedsince", [None, 0, 35])
+def test_reactor_fetch_of_index_items_gives_the_general_paths_bytes(items, spec, changedsince) -> None:  # type: ignore[no-untyped-def]
+    from imapd import indexfetch
+    from imapd.fetch import parse_items
+    from imapd.parser import parse_seqset
+
+    sel, msgs = _view()
+    plan = parse_items(list(items))
+    assert indexfetch.index_only(plan)
+    for by in (sel.by_seq, sel.by_uid):
+        idxs = by(parse_seqset(spec))
+        idxs = indexfetch.changed_since(sel, idxs, changedsince)
+        facts = [msgs[sel.uids[i]] for i in idxs] if indexfetch.needs_facts(plan) else None
+        whole = b"".join(indexfetch.render(sel, idxs, plan.items, facts))
+        assert whole == _general(sel, msgs, idxs, plan.items)
+        # chunk by chunk, as the reactor sends it: the same bytes
+        step = 7
+        parts = [b"".join(indexfetch.render(sel, idxs[k:k + step], plan.items,
+                                            facts[k:k + step] if facts is not None else None))
+                 for k in range(0, len(idxs), step)]
+        assert b"".join(parts) == whole
+        if changedsince == 35:
+            assert all(sel.modseqs[i] > 35 for i in idxs)
+            assert spec == "60" or 0 < len(idxs) < len(by(parse_seqset(spec)))
+
+
+def test_reactor_fetch_skips_a_message_expunged_meanwhile_like_the_general_path() -> None:
+    from imapd import indexfetch
+
+    sel, msgs = _view(10)
+    idxs = list(range(10))
+    facts = [msgs[sel.uids[i]] for i in idxs]
+    facts[3] = None  # gone from the index between the view and the read
+    lines = indexfetch.render(sel, idxs, ["UID", "RFC822.SIZE"], facts)
+    assert len(lines) == 9 and not any(line.startswith(b"* 4 FETCH") for line in lines)
+
+
+def test_recent_and_keywords_in_the_resync_format() -> None:
+    from imapd import indexfetch
+
+    sel, _ = _view(8)
+    lines = indexfetch.render(sel, range(8), ["UID", "FLAGS"])
+    last = lines[-1].decode()
+    assert last.startswith("* 8 FETCH (UID ") and "\\Recent" in last
+    assert sum("\\Recent" in line.decode() for line in lines) == 4
