@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -141,8 +142,11 @@ def test_appliance_up_runs_and_stops_the_daemons(make_instance, request) -> None
     srv = Server(inst, services=["antispam"])
     try:
         assert "listening: antispam rspamd 127.0.0.1:" in srv.log()
-        pids = _daemon_pids(srv.proc.pid)
-        assert len(pids) >= 5  # redis, unbound, rspamd main, normal and controller workers
+        # rspamd forks its workers once its rules are compiled (a minute on a first start, longer on a busy machine)
+        deadline = time.monotonic() + 240
+        while len(pids := _daemon_pids(srv.proc.pid)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(pids) >= 5, pids  # redis, unbound, rspamd main, normal and controller workers
         status = inst.cli("status")
         assert b"antispam: up (rspamd answers at" in status.stdout, status.stdout
         stats = inst.cli("spam", "stats", "--json")
