@@ -30,7 +30,7 @@ from .fetch import (
     parse_items,
     render_section,
 )
-from .indexfetch import CHUNK, FlagItems, changed_since, index_only, needs_facts, render
+from .indexfetch import CHUNK, FIRST_CHUNK, FlagItems, changed_since, index_only, needs_facts, render
 from .parser import Args, ParseError, format_uidset, parse_seqset
 from .replies import Reply
 from .search import COST, BadCharset, SearchData, Searcher, parse_search
@@ -119,13 +119,14 @@ class MessageCommands:
                     return
             facts = [box.get(u) for u in want]  # held here: an eviction meanwhile changes nothing
         flag_item = FlagItems(sel)
-        step = CHUNK
-        for k in range(0, len(idxs), step):
+        k, step = 0, FIRST_CHUNK
+        while k < len(idxs):
             chunk = render(sel, idxs[k:k + step], plan.items, facts[k:k + step] if facts is not None else None,
                            flag_item)
             if chunk:
                 self.send(b"".join(chunk))
-            if k + step < len(idxs):
+            k, step = k + step, CHUNK
+            if k < len(idxs):
                 # a turn of the loop: the transport writes this chunk, other sessions get their turn
                 if self._paused:
                     await self.drain()

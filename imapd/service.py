@@ -6,7 +6,8 @@ offers STARTTLS/STLS and refuses LOGIN, AUTHENTICATE, USER/PASS before it
 (LOGINDISABLED advertised); tls="none" allows plaintext logins (for a
 loopback-only test or benchmark listener). One change watcher per process
 serves IDLE; one sweeper logs out idle connections; one guard ends the
-sessions whose credentials were revoked (see ``guard``).
+sessions whose credentials were revoked (see ``guard``); one trimmer gives
+freed heap memory back after bursts of work (see ``memtrim``).
 
 When the antispam service does not run in this process (the systemd layout:
 ``appliance up --service imapd``), ``start`` attaches a learner of its own
@@ -28,6 +29,7 @@ from appliance.config import ConfigError
 from .conn import ConnectionFactory
 from .guard import SessionGuard
 from .imap import ImapConnection
+from .memtrim import Trimmer
 from .pop3 import Pop3Connection
 from .shared import Limits, Registry, Shared
 from .watcher import Watcher
@@ -68,6 +70,8 @@ class ImapService:
             if d is not None:
                 await d.asFuture(self.shared.loop)
         self._sweeper.cancel()
+        if self.shared.trimmer is not None:
+            self.shared.trimmer.close()
         registry = self.shared.registry
         for conn in list(registry.conns):
             conn.close(conn.bye_text("Server shutting down"))
@@ -165,5 +169,6 @@ async def start(ctx: Any) -> ImapService | None:
         for port in ports:
             port.stopListening()
         raise
+    shared.trimmer = Trimmer(loop, ctx.executor)
     sweeper = loop.create_task(_sweep(registry, min(30.0, max(1.0, limits.idle_timeout / 4))))
     return ImapService(shared, ports, endpoints, sweeper, attach_learning(ctx))

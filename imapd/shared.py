@@ -101,8 +101,11 @@ class Shared:
     #: long jobs (SEARCH, which may decrypt a whole mailbox) take at most this many of the pool's
     #: threads at once, so deliveries and other sessions keep theirs
     heavy: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    trimmer: Any = None  # memtrim.Trimmer: returns what bursts of work freed to the kernel
     log: logging.Logger = log
 
     def run(self, fn: Any, *args: Any) -> asyncio.Future:
         """Run blocking store work in the service's thread pool."""
+        if self.trimmer is not None:
+            self.trimmer.active = True
         return self.loop.run_in_executor(self.executor, fn, *args)
