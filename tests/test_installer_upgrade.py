@@ -23,22 +23,37 @@ def revisions() -> list[str]:
     return [r.revision for r in reversed(list(ScriptDirectory.from_config(cfg).walk_revisions()))]
 
 
-def store_at(inst, revision: str):  # type: ignore[no-untyped-def]
-    """The instance's database recreated at ``revision`` with one message delivered to a user."""
+def store_at(inst, revision: str) -> None:  # type: ignore[no-untyped-def]
+    """The instance's database at ``revision`` with one message delivered to a user.
+
+    The message is delivered by today's store on the newest schema, then the
+    schema is taken down to ``revision`` by the migrations' own downgrades:
+    today's store cannot write into an older schema (it names newer columns).
+    """
+    from alembic import command
+
     from storage.store import Store
 
     index = inst.path / "index.sqlite3"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{index}{suffix}").unlink(missing_ok=True)
     engine = db.make_engine(db.sqlite_url(index))
-    db.upgrade(engine, revision)
+    db.upgrade(engine)
     engine.dispose()
-    cfg = inst.config()
-    store = Store.from_config(cfg)
-    store.directory.add_domain("example.test")
-    user = store.create_user("alice@example.test", password="a long password 1")
-    store.append(user, "INBOX", MESSAGE, flags=("\\Seen",))
-    return store
+    store = Store.from_config(inst.config())
+    try:
+        store.directory.add_domain("example.test")
+        user = store.create_user("alice@example.test", password="a long password 1")
+        store.append(user, "INBOX", MESSAGE, flags=("\\Seen",))
+    finally:
+        store.close()
+    engine = db.make_engine(db.sqlite_url(index))
+    try:
+        if revision != revisions()[-1]:
+            command.downgrade(db.alembic_config(engine), revision)
+        assert db.current_revision(engine) == revision
+    finally:
+        engine.dispose()
 
 
 def read_inbox(inst) -> list[tuple[bytes, list[str]]]:  # type: ignore[no-untyped-def]
@@ -59,7 +74,7 @@ def test_there_are_revisions() -> None:
 @pytest.mark.parametrize("revision", revisions())
 def test_upgrade_from_every_released_schema_keeps_the_mail(make_instance, revision: str) -> None:  # type: ignore[no-untyped-def]
     inst = make_instance(demo=False)
-    store_at(inst, revision).close()
+    store_at(inst, revision)
     head = revisions()[-1]
     rc, out, err = cli("-c", str(inst.config_path), "upgrade")
     assert rc == 0, err
@@ -82,7 +97,7 @@ def test_failed_migration_restores_the_database(make_instance, monkeypatch: pyte
     from installer import upgrade
 
     inst = make_instance(demo=False)
-    store_at(inst, revisions()[-1]).close()
+    store_at(inst, revisions()[-1])
     url = db.sqlite_url(inst.path / "index.sqlite3")
 
     def broken_migration(engine) -> None:  # type: ignore[no-untyped-def]
@@ -106,7 +121,7 @@ def test_failed_migration_restores_the_database(make_instance, monkeypatch: pyte
 
 def test_cli_upgrade_failure_is_one_line_and_nonzero(make_instance, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     inst = make_instance(demo=False)
-    store_at(inst, revisions()[-1]).close()
+    store_at(inst, revisions()[-1])
     monkeypatch.setattr(db, "head_revision", lambda engine: "9999")
 
     def fail(engine, revision="head") -> None:  # type: ignore[no-untyped-def]
