@@ -80,7 +80,7 @@ class MailboxCommands:
         def work() -> tuple:
             mb = store.mail.get_mailbox(user.id, name)
             uids, flags, modseqs = views.open(store, mb)
-            sel = Selected(mb, readonly, uids, flags, modseqs, condstore=condstore, qresync=qresync)
+            sel = Selected(mb, readonly, uids, flags, modseqs, condstore=condstore, qresync=qresync, shared=True)
             if not readonly:
                 floor = bisect.bisect_left(uids, watcher.recent_floor(mb.id, mb.uidnext))
                 sel.recent = watcher.claim_recent(mb.id, list(uids[floor:]), mb.uidnext)

@@ -165,7 +165,6 @@ class MessageCommands:
             return out
         uids, flags = sel.uids, sel.flags
         idxs = changed_since(sel, idxs, changedsince)
-        flag_item = FlagItems(sel)
         store, user = self.shared.store, self.user
         msgs = self.shared.msg_cache.load(store, sel.id, sel.uidvalidity, [uids[i] for i in idxs])
         seen_now: set[int] = set()
@@ -175,6 +174,7 @@ class MessageCommands:
                 changed, _ = store.mail.store_flags(sel.id, unseen, ["\\Seen"], "add", durable=False)
                 sel.own_change(changed)
                 seen_now = {c[0] for c in changed}
+        flag_item = FlagItems(sel)  # after that change: it may have given the view arrays of its own
         metas: dict[int, dict] = {}
         if plan.needs_meta:
             need = []

@@ -48,7 +48,10 @@ def changed_since(sel: Any, idxs: list[int], modseq: int | None) -> list[int]:
 
 
 class FlagItems:
-    """``FLAGS (...)`` of a message, made once per distinct (flags, recent) pair of a mailbox."""
+    """``FLAGS (...)`` of a message, made once per distinct (flags, recent) pair of a mailbox.
+
+    Holds the view's arrays as they are when made: make it after any change to the view.
+    """
 
     __slots__ = ("_cache", "flags", "recent", "uids")
 

@@ -12,6 +12,11 @@ expunged message keeps its sequence number.
 Not thread-safe by itself: a session runs one command at a time, and the
 worker running that command's job is the only one touching the view (the
 change watcher only sets ``dirty``).
+
+At SELECT the three arrays are the process-wide snapshot's own (see
+``views``), shared by every session that selected the mailbox in the same
+state and never changed in place; a session copies them the first time its
+view changes (``_own``). A thousand sessions on one mailbox cost one copy.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def read_changes(store: Any, mailbox_id: int, modseq: int, known: tuple[int, int
 
 class Selected:
     def __init__(self, mailbox: Any, readonly: bool, uids: array, flags: list[frozenset[str]], modseqs: array, *,
-                 condstore: bool, qresync: bool) -> None:
+                 condstore: bool, qresync: bool, shared: bool = False) -> None:
         self.mailbox = mailbox
         self.id: int = mailbox.id
         self.uidvalidity: int = mailbox.uidvalidity
@@ -57,6 +62,8 @@ class Selected:
         self.uids = uids
         self.flags = flags
         self.modseqs = modseqs
+        #: the arrays belong to the mailbox's shared snapshot: copy before the first change
+        self.shared = shared
         self.modseq: int = mailbox.highestmodseq
         self.uidnext: int = mailbox.uidnext
         self.max_uid: int = max(mailbox.uidnext - 1, self.uids[-1] if self.uids else 0)
@@ -128,9 +135,18 @@ class Selected:
         return sorted(picked)
 
     # ------------------------------------------------------------- changes
+    def _own(self) -> None:
+        """Make the arrays this view's own before changing them (they may be the shared snapshot's)."""
+        if self.shared:
+            self.uids = array("I", self.uids)
+            self.flags = list(self.flags)
+            self.modseqs = array("Q", self.modseqs)
+            self.shared = False
+
     def set_flags(self, uid: int, flags: frozenset[str], modseq: int) -> None:
         i = self.index_of(uid)
         if i is not None:
+            self._own()
             self.flags[i] = flags
             self.modseqs[i] = modseq
 
@@ -155,6 +171,8 @@ class Selected:
             out += self.flush_expunges()
         new_uids: list[int] = []
         flag_changes: list[Any] = []
+        if ch.changed:
+            self._own()
         for m in ch.changed:
             if m.uid > self.max_uid:
                 new_uids.append(m.uid)
@@ -214,7 +232,9 @@ class Selected:
             self.uids = array("I", [self.uids[i] for i in keep])
             self.flags = [self.flags[i] for i in keep]
             self.modseqs = array("Q", [self.modseqs[i] for i in keep])
+            self.shared = False
         else:
+            self._own()
             for i in reversed(idx):
                 del self.uids[i]
                 del self.flags[i]

@@ -3,8 +3,11 @@
 SELECT needs every message's UID and flags. Reading them all from the index
 costs ~15 ms per 10,000 messages; instead the process keeps the last
 snapshot of each mailbox it opened and brings it up to date with
-``changes_since`` (usually nothing, or a few rows). A session copies the
-arrays into its own view, which it then keeps current itself.
+``changes_since`` (usually nothing, or a few rows). A snapshot's arrays
+are never changed in place: catching up makes new ones. So a session's view
+starts on the snapshot's arrays themselves and copies them only when its own
+view first changes (``Selected._own``); sessions that select a mailbox and
+wait (IDLE) share one copy.
 """
 
 from __future__ import annotations
@@ -31,27 +34,34 @@ class Snapshot:
         self.lock = threading.Lock()
 
     def catch_up(self, store: Any, mailbox: Any) -> None:
-        """Apply what changed since the snapshot (idempotent; called with ``lock`` held)."""
+        """Apply what changed since the snapshot (idempotent; called with ``lock`` held).
+
+        Into new arrays: the old ones may be sessions' views.
+        """
         changed, vanished = store.mail.changes_since(mailbox.id, self.modseq)
+        uids, flags, modseqs = self.uids, self.flags, self.modseqs
         if vanished:
             gone = set(vanished)
-            keep = [i for i, u in enumerate(self.uids) if u not in gone]
-            if len(keep) != len(self.uids):
-                self.uids = array("I", [self.uids[i] for i in keep])
-                self.flags = [self.flags[i] for i in keep]
-                self.modseqs = array("Q", [self.modseqs[i] for i in keep])
-        last = self.uids[-1] if self.uids else 0
+            keep = [i for i, u in enumerate(uids) if u not in gone]
+            if len(keep) != len(uids):
+                uids = array("I", [uids[i] for i in keep])
+                flags = [flags[i] for i in keep]
+                modseqs = array("Q", [modseqs[i] for i in keep])
+        if changed and uids is self.uids:
+            uids, flags, modseqs = array("I", uids), list(flags), array("Q", modseqs)
+        last = uids[-1] if uids else 0
         for m in changed:
             if m.uid > last:
-                self.uids.append(m.uid)
-                self.flags.append(m.flags)
-                self.modseqs.append(m.modseq)
+                uids.append(m.uid)
+                flags.append(m.flags)
+                modseqs.append(m.modseq)
                 last = m.uid
             else:
-                i = bisect.bisect_left(self.uids, m.uid)
-                if i < len(self.uids) and self.uids[i] == m.uid:
-                    self.flags[i] = m.flags
-                    self.modseqs[i] = m.modseq
+                i = bisect.bisect_left(uids, m.uid)
+                if i < len(uids) and uids[i] == m.uid:
+                    flags[i] = m.flags
+                    modseqs[i] = m.modseq
+        self.uids, self.flags, self.modseqs = uids, flags, modseqs
         self.modseq = mailbox.highestmodseq
         self.uidnext = mailbox.uidnext
 
@@ -63,7 +73,10 @@ class Views:
         self._lock = threading.Lock()
 
     def open(self, store: Any, mailbox: Any) -> tuple[array, list, array]:
-        """Blocking: (uids, flags, modseqs) of ``mailbox`` as of its row just read; copies the caller owns."""
+        """Blocking: (uids, flags, modseqs) of ``mailbox`` as of its row just read.
+
+        The snapshot's own arrays: read-only for the caller (``Selected`` copies them before a change).
+        """
         with self._lock:
             snap = self._snaps.get(mailbox.id)
             if snap is not None:
@@ -76,7 +89,7 @@ class Views:
         with snap.lock:
             if (snap.modseq, snap.uidnext) != (mailbox.highestmodseq, mailbox.uidnext):
                 snap.catch_up(store, mailbox)
-            return array("I", snap.uids), list(snap.flags), array("Q", snap.modseqs)
+            return snap.uids, snap.flags, snap.modseqs
 
     def _trim(self) -> None:
         total = sum(len(s.uids) for s in self._snaps.values())

@@ -288,3 +288,37 @@ def test_tuned_malloc_keeps_no_argon2_buffer_in_the_worker_arenas() -> None:
         assert out.returncode == 0, out.stderr
         rss[mode] = int(out.stdout.strip())
     assert rss["stock"] - rss["tuned"] >= 32, rss  # eight threads kept ~8 MiB each without the tuning
+
+
+def test_views_share_the_snapshot_until_their_first_change() -> None:
+    from imapd.selected import Changes, Selected
+    from storage.records import MessageInfo
+
+    base, _ = _view(20)
+    uids, flags, modseqs = base.uids, base.flags, base.modseqs
+    frozen = (list(uids), list(flags), list(modseqs))
+    a = Selected(base.mailbox, False, uids, flags, modseqs, condstore=True, qresync=False, shared=True)
+    b = Selected(base.mailbox, False, uids, flags, modseqs, condstore=True, qresync=False, shared=True)
+    assert a.uids is b.uids and a.flags is b.flags  # one copy for both sessions
+
+    a.own_change([(uids[3], frozenset({"\\Seen", "$Done"}), 999)])
+    assert a.flags[3] == {"\\Seen", "$Done"} and a.modseqs[3] == 999 and not a.shared
+    assert (list(uids), list(flags), list(modseqs)) == frozen  # the snapshot is untouched
+    assert b.flags is flags and b.shared
+
+    new = MessageInfo(id=9999, mailbox_id=1, uid=uids[-1] + 5, blob_id="n", size=1, internal_date=0.0,
+                      flags=frozenset(), modseq=1000)
+    out = b.apply(Changes((1000, uids[-1] + 6), [new]), allow_expunge=True, claim_recent=lambda *_: set())
+    assert b"* 21 EXISTS\r\n" in out and b.uids[-1] == new.uid and not b.shared
+    assert (list(uids), list(flags), list(modseqs)) == frozen
+
+    c = Selected(base.mailbox, False, uids, flags, modseqs, condstore=False, qresync=False, shared=True)
+    assert c.remove([uids[0], uids[5]]) == [b"* 6 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n"]
+    assert c.exists == 18 and (list(uids), list(flags), list(modseqs)) == frozen
+    big, _ = _view(100)
+    before = (list(big.uids), list(big.flags), list(big.modseqs))
+    for gone in (list(big.uids)[:70], list(big.uids)[:3]):  # rebuilt (over 64), then in place
+        v = Selected(big.mailbox, False, big.uids, big.flags, big.modseqs, condstore=False, qresync=False, shared=True)
+        v.remove(gone)
+        assert v.exists == 100 - len(gone) and list(v.uids) == before[0][len(gone):]
+        assert (list(big.uids), list(big.flags), list(big.modseqs)) == before
