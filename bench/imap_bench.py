@@ -21,7 +21,9 @@ started it). Then, on each server:
 4. memory: --idle connections that log in, SELECT INBOX and IDLE; the summed
    RSS (and PSS) of the server's process tree, before and with them open.
 
-Times include imaplib's parsing on the client side, the same for both servers;
+Times include imaplib's parsing on the client side, the same for both servers
+(``uid_fetch_flags_raw`` is the same UID FETCH read as bytes, unparsed: the
+server's own time to send 1:* FLAGS, which the parsing otherwise dwarfs);
 the CPU rows give what the server's own processes spent on each operation
 (user + system time, in 10 ms ticks), which the client's share of the two
 cores does not blur. Prints ours, Dovecot's and the ratio (>1 means ours is
@@ -61,7 +63,8 @@ sys.path[:0] = [str(ROOT), str(ANCHORS)]
 MAILBOX = "bench-ops"
 WORD = "kumquat"
 BODY_WORD = "roadmap"
-OPS = ["login", "select", "uid_fetch_flags", "fetch_envelope", "search_subject", "search_body", "fetch_body_100"]
+OPS = ["login", "select", "uid_fetch_flags", "uid_fetch_flags_raw", "fetch_envelope", "search_subject", "search_body",
+       "fetch_body_100"]
 ACTIVE = list(OPS)  # --ops: the timed operations of this run (login and select always)
 
 
@@ -130,6 +133,30 @@ def cpu_ms(roots: list[int]) -> float:
     return total * 1000 / tick
 
 
+def raw_command(c: imaplib.IMAP4, command: bytes) -> int:
+    """Send ``command`` and read its whole answer as bytes, up to the tagged line, without parsing it.
+
+    imaplib's parsing of 10,000 FETCH lines costs the client ~100 ms and
+    blurs the servers' difference; this is the time the server takes to send
+    it all. Returns the byte count.
+    """
+    tag = c._new_tag()  # type: ignore[attr-defined]
+    c.send(tag + b" " + command + b"\r\n")
+    end = b"\r\n" + tag + b" "
+    tail, total = b"\r\n", 0
+    while True:
+        chunk = c.file.read1(1 << 16)  # type: ignore[attr-defined]
+        if not chunk:
+            raise RuntimeError("connection closed during " + command.decode())
+        total += len(chunk)
+        tail = tail[-len(end) - 200:] + chunk
+        i = tail.rfind(end)
+        if i >= 0 and tail.find(b"\r\n", i + len(end)) >= 0:
+            if tail[i + len(end):i + len(end) + 2] != b"OK":
+                raise RuntimeError(f"{command.decode()} failed: {tail[i:][:100]!r}")
+            return total
+
+
 def one_run(t: Target, rng: random.Random, box: str = MAILBOX) -> dict:
     """One timed pass; ``times_ms`` is what the client waited, ``cpu_ms`` what the server's processes spent."""
     tm: dict[str, float] = {}
@@ -152,6 +179,8 @@ def one_run(t: Target, rng: random.Random, box: str = MAILBOX) -> dict:
     if "uid_fetch_flags" in ACTIVE or "fetch_body_100" in ACTIVE:
         data = timed("uid_fetch_flags", lambda: check(*c.uid("FETCH", "1:*", "(FLAGS)"), what="UID FETCH"))
         uids = [int(m.group(1)) for d in data if isinstance(d, bytes) for m in [re.search(rb"UID (\d+)", d)] if m]
+    if "uid_fetch_flags_raw" in ACTIVE:
+        timed("uid_fetch_flags_raw", lambda: raw_command(c, b"UID FETCH 1:* (FLAGS)"))
     if "fetch_envelope" in ACTIVE:
         data = timed("fetch_envelope", lambda: check(*c.fetch("1:*", "(ENVELOPE)"), what="FETCH ENVELOPE"))
         envelopes = sum(1 for d in data if d is not None

@@ -233,7 +233,7 @@ def test_trimmer_returns_memory_only_after_work() -> None:
 
     async def main() -> None:
         with ThreadPoolExecutor(1) as pool:
-            t = Trimmer(asyncio.get_running_loop(), pool, interval=0.05)
+            t = Trimmer(asyncio.get_running_loop(), pool, interval=0.3, quiet=0.05)
             assert t._trim is not None  # glibc here
             real = t._trim
             t._trim = lambda pad: calls.append(real(pad))
@@ -244,7 +244,15 @@ def test_trimmer_returns_memory_only_after_work() -> None:
                 await asyncio.sleep(0.02)
                 if calls:
                     break
-            assert len(calls) == 1 and calls[0] in (0, 1) and not t.active
+            assert len(calls) == 1 and calls[0] in (0, 1) and not t.active  # after a quiet moment
+            await asyncio.sleep(0.2)
+            assert len(calls) == 1  # no work since: no second trim
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for _ in range(40):  # steady work, never a quiet moment: trimmed anyway, every ``interval``
+                t.active = True
+                await asyncio.sleep(0.025)
+            assert 2 <= len(calls) <= 2 + (loop.time() - start) / 0.3, calls
             t.close()
 
     asyncio.run(main())
