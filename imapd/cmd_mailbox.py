@@ -79,15 +79,11 @@ class MailboxCommands:
 
         def work() -> tuple:
             mb = store.mail.get_mailbox(user.id, name)
-            uids, flags, modseqs = views.open(store, mb)
+            uids, flags, modseqs, (keywords, first_unseen) = views.open(store, mb)
             sel = Selected(mb, readonly, uids, flags, modseqs, condstore=condstore, qresync=qresync, shared=True)
             if not readonly:
                 floor = bisect.bisect_left(uids, watcher.recent_floor(mb.id, mb.uidnext))
                 sel.recent = watcher.claim_recent(mb.id, list(uids[floor:]), mb.uidnext)
-            keywords: set[str] = set()
-            for fs in set(flags):
-                keywords.update(f for f in fs if not f.startswith("\\"))
-            first_unseen = next((i + 1 for i, fs in enumerate(flags) if "\\Seen" not in fs), 0)
             qr = _qresync_changes(store, mb, qresync_args) if qresync_args is not None else None
             return mb, sel, keywords, first_unseen, qr
 

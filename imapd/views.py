@@ -22,7 +22,7 @@ from storage.flags import join_flags
 
 
 class Snapshot:
-    __slots__ = ("uidvalidity", "modseq", "uidnext", "uids", "flags", "modseqs", "lock")
+    __slots__ = ("uidvalidity", "modseq", "uidnext", "uids", "flags", "modseqs", "lock", "_facts")
 
     def __init__(self, mailbox: Any, rows: list[tuple]) -> None:
         self.uidvalidity = mailbox.uidvalidity
@@ -32,6 +32,17 @@ class Snapshot:
         self.flags = [join_flags(r[1], r[2]) for r in rows]
         self.modseqs = array("Q", [r[3] for r in rows])
         self.lock = threading.Lock()
+        self._facts: tuple[frozenset[str], int] | None = None
+
+    def facts(self) -> tuple[frozenset[str], int]:
+        """(keywords in use, first unseen sequence number or 0): what SELECT announces, once per state."""
+        if self._facts is None:
+            keywords: set[str] = set()
+            for fs in set(self.flags):
+                keywords.update(f for f in fs if not f.startswith("\\"))
+            first_unseen = next((i + 1 for i, fs in enumerate(self.flags) if "\\Seen" not in fs), 0)
+            self._facts = (frozenset(keywords), first_unseen)
+        return self._facts
 
     def catch_up(self, store: Any, mailbox: Any) -> None:
         """Apply what changed since the snapshot (idempotent; called with ``lock`` held).
@@ -62,6 +73,7 @@ class Snapshot:
                     flags[i] = m.flags
                     modseqs[i] = m.modseq
         self.uids, self.flags, self.modseqs = uids, flags, modseqs
+        self._facts = None
         self.modseq = mailbox.highestmodseq
         self.uidnext = mailbox.uidnext
 
@@ -72,8 +84,8 @@ class Views:
         self._snaps: OrderedDict[int, Snapshot] = OrderedDict()
         self._lock = threading.Lock()
 
-    def open(self, store: Any, mailbox: Any) -> tuple[array, list, array]:
-        """Blocking: (uids, flags, modseqs) of ``mailbox`` as of its row just read.
+    def open(self, store: Any, mailbox: Any) -> tuple[array, list, array, tuple[frozenset[str], int]]:
+        """Blocking: (uids, flags, modseqs, (keywords, first unseen)) of ``mailbox`` as of its row just read.
 
         The snapshot's own arrays: read-only for the caller (``Selected`` copies them before a change).
         """
@@ -89,7 +101,7 @@ class Views:
         with snap.lock:
             if (snap.modseq, snap.uidnext) != (mailbox.highestmodseq, mailbox.uidnext):
                 snap.catch_up(store, mailbox)
-            return snap.uids, snap.flags, snap.modseqs
+            return snap.uids, snap.flags, snap.modseqs, snap.facts()
 
     def _trim(self) -> None:
         total = sum(len(s.uids) for s in self._snaps.values())
