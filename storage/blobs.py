@@ -380,6 +380,8 @@ class BlobStore:
         self.fsync = fsync
         self.chunk_size_exp = chunk_size_exp
         self._dirs: dict[str, str] = {}  # account uuid -> its directory, for open()
+        #: directories (strings) known to exist: the delivery path then needs no stat, mkdir or pathlib
+        self._made: set[str] = set()
 
     # -- paths ---------------------------------------------------------------
 
@@ -402,17 +404,43 @@ class BlobStore:
         """True if the message is published."""
         return self.path(account_uuid, blob_id).exists()
 
-    def _ensure_dir(self, d: Path) -> None:
-        """Create ``d`` and missing parents (0700), fsyncing each new entry's parent."""
-        if d.is_dir():
+    def _root_of(self, account_uuid: str) -> str:
+        """The account's directory as a string (uuid checked once, then remembered)."""
+        root = self._dirs.get(account_uuid)
+        if root is None:
+            root = self._dirs[account_uuid] = str(self.account_dir(account_uuid))
+        return root
+
+    def _ensure_dir(self, d: Path | str, *, sync: bool | None = None) -> None:
+        """Create ``d`` and missing parents (0700), fsyncing each new entry's parent.
+
+        ``sync=False`` leaves the new entries to a later ``syncfs`` (the ingest
+        group commit); a directory seen once is remembered, so the delivery path
+        costs no system call here.
+        """
+        key = os.fspath(d)
+        if key in self._made:
             return
-        self._ensure_dir(d.parent)
-        try:
-            d.mkdir(mode=_DIR_MODE)
-        except FileExistsError:
-            return
-        if self.fsync:
-            fsync_dir(d.parent)
+        if not os.path.isdir(key):
+            parent = os.path.dirname(key)
+            if parent and parent != key:
+                self._ensure_dir(parent, sync=sync)
+            try:
+                os.mkdir(key, _DIR_MODE)
+            except FileExistsError:
+                pass
+            else:
+                if self.fsync if sync is None else sync:
+                    fsync_dir(parent)
+        if len(self._made) > 200_000:
+            self._made.clear()
+        self._made.add(key)
+
+    def _forget_dirs(self, account_uuid: str) -> None:
+        """Drop the remembered directories of an account (deleted, maybe by another process)."""
+        root = self._dirs.get(account_uuid)
+        if root is not None:
+            self._made = {d for d in list(self._made) if not (d == root or d.startswith(root + "/"))}
 
     # -- writing -------------------------------------------------------------
 
@@ -422,7 +450,8 @@ class BlobStore:
         ``fsync=False`` leaves durability to the caller (the ingest group
         commit syncs the whole file system once per batch).
         """
-        tmp = self.tmp_path(account_uuid, blob_id)
+        tmp_dir = self._root_of(account_uuid) + "/tmp"
+        tmp = f"{tmp_dir}/{_check_blob_id(blob_id)}"
         if not isinstance(meta, dict):
             raise InvalidInputError("blob metadata must be a dict, got {type}", type=type(meta).__name__)
         try:
@@ -432,7 +461,9 @@ class BlobStore:
         if len(meta_json) + TAG_SIZE > MAX_META_SIZE:
             raise InvalidInputError("blob metadata too large ({size} bytes)", size=len(meta_json))
         data_key = self.keyring.get(account_uuid)
-        self._ensure_dir(tmp.parent)
+        sync = self.fsync if fsync is None else fsync
+        # with fsync=False the caller syncs the file system, new directory entries included
+        self._ensure_dir(tmp_dir, sync=self.fsync and sync)
         salt = secrets.token_bytes(SALT_SIZE)
         aead = _file_key(data_key, salt, account_uuid, blob_id)
         prefix = (
@@ -443,28 +474,50 @@ class BlobStore:
         )
         ids = _ids_aad(account_uuid, blob_id)
         header = prefix + aead.encrypt(_META_NONCE, meta_json, prefix + ids)
-        return BlobWriter(tmp, aead, header, header + ids, 1 << self.chunk_size_exp, self.fsync if fsync is None else fsync)
+        try:
+            return BlobWriter(tmp, aead, header, header + ids, 1 << self.chunk_size_exp, sync)
+        except FileNotFoundError:
+            # the account's directory went away since it was remembered (deleted elsewhere): make it again
+            self._forget_dirs(account_uuid)
+            self._ensure_dir(tmp_dir, sync=self.fsync and sync)
+            return BlobWriter(tmp, aead, header, header + ids, 1 << self.chunk_size_exp, sync)
 
     def publish(self, account_uuid: str, blob_id: str) -> None:
         """Rename tmp -> cur and fsync the directory. Idempotent if already published."""
         self.publish_many([(account_uuid, blob_id)])
 
     def publish_many(self, items: Iterable[tuple[str, str]], *, sync: bool = True) -> None:
-        """Publish several messages, then fsync each distinct directory once (group commit)."""
-        dirs: dict[Path, None] = {}
+        """Publish several messages, then fsync each distinct directory once (group commit).
+
+        ``sync=False`` (the ingest group commit, whose index commit already made
+        the messages safe in ``tmp/``): neither the renames nor new ``cur/``
+        directories are fsynced here; the next ``syncfs`` makes them durable, and
+        a crash before it leaves the files in ``tmp/``, which readers fall back
+        to and ``Store.recover`` publishes.
+        """
+        dirs: dict[str, None] = {}
         try:
             for account_uuid, blob_id in items:
-                final = self.path(account_uuid, blob_id)
-                tmp = self.tmp_path(account_uuid, blob_id)
-                self._ensure_dir(final.parent)
+                root = self._root_of(account_uuid)
+                _check_blob_id(blob_id)
+                parent = f"{root}/cur/{blob_id[:2]}"
+                final = f"{parent}/{blob_id}"
+                tmp = f"{root}/tmp/{blob_id}"
+                self._ensure_dir(parent, sync=self.fsync and sync)
                 try:
                     os.rename(tmp, final)
                 except FileNotFoundError:
-                    if not final.exists():
+                    if os.path.exists(final):
+                        pass
+                    elif os.path.exists(tmp):  # the remembered directory went away: make it again
+                        self._forget_dirs(account_uuid)
+                        self._ensure_dir(parent, sync=self.fsync and sync)
+                        os.rename(tmp, final)
+                    else:
                         raise NotFoundError(
                             f"cannot publish message {blob_id} of account {account_uuid}: no temp file {tmp}"
                         ) from None
-                dirs[final.parent] = None
+                dirs[parent] = None
         finally:
             if self.fsync and sync:
                 for d in dirs:
@@ -531,13 +584,14 @@ class BlobStore:
     def discard_tmp(self, account_uuid: str, blob_id: str) -> None:
         """Remove an unpublished temp file (ingest rollback); missing is fine, published files are untouched."""
         try:
-            os.unlink(self.tmp_path(account_uuid, blob_id))
+            os.unlink(f"{self._root_of(account_uuid)}/tmp/{_check_blob_id(blob_id)}")
         except FileNotFoundError:
             pass
 
     def delete_account(self, account_uuid: str) -> None:
         """Remove the account's whole tree: renamed aside first so a crash never leaves half an account."""
         src = self.account_dir(account_uuid)
+        self._forget_dirs(account_uuid)
         trash = self.root / f".deleting-{account_uuid}-{secrets.token_hex(4)}"
         try:
             os.rename(src, trash)
