@@ -71,8 +71,17 @@ def _spf_lookup(name: str, qtype: str, tcpfallback: bool = True, timeout: float 
     return out
 
 
+_psl_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1)
 def _psl() -> PublicSuffixList:
+    with _psl_lock:  # one parse when the warm-up thread and a first check race
+        return _parse_psl()
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_psl() -> PublicSuffixList:
     ref = importlib.resources.files("authheaders") / "public_suffix_list.txt"
     with importlib.resources.as_file(ref) as location, open(location, encoding="utf-8") as f:
         return PublicSuffixList(f)
@@ -170,6 +179,9 @@ def _fold(header: str, width: int = 78) -> str:
 class MailAuth:
     def __init__(self, authserv_id: str, *, spf_cache_ttl: float = 60.0) -> None:
         patch_libraries()
+        # the public-suffix list takes about a second of CPU to parse: do it now, off the event
+        # loop, rather than in the first DMARC check of a (re)started worker
+        threading.Thread(target=_psl, name="psl-load", daemon=True).start()
         self.authserv_id = authserv_id
         self._spf_ttl = spf_cache_ttl
         self._spf_cache: dict[tuple[str, str, str], tuple[float, tuple[str, str]]] = {}
