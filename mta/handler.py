@@ -21,7 +21,7 @@ from aiosmtpd.smtp import MISSING, AuthResult
 from . import headers
 from .delivery import Accepted, Deliverer, DeliveryLog
 from .mailauth import MailAuth
-from .policy import NotCached, Policy, Verdict, cache_only
+from .policy import NotCached, Policy, Verdict, from_cache
 from .protocol import MtaEnvelope, MtaSMTP
 from .queue import new_queue_id
 from .replies import R, reply_code
@@ -133,8 +133,7 @@ class Handler:
     async def _policy(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a Policy lookup inline when the cache has the answer, else in the executor."""
         try:
-            with cache_only():
-                return fn(*args, **kwargs)
+            return from_cache(fn, *args, **kwargs)
         except NotCached:
             return await self._run(fn, *args, **kwargs)
 

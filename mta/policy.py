@@ -104,6 +104,15 @@ def cache_only() -> Iterator[None]:
         _local.cache_only = False
 
 
+def from_cache(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` under ``cache_only()``, without a generator per call (every MAIL and RCPT)."""
+    _local.cache_only = True
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _local.cache_only = False
+
+
 class _TTLCache:
     def __init__(self, ttl: float, max_entries: int = 20_000) -> None:
         self.ttl = ttl

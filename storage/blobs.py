@@ -60,6 +60,7 @@ _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
 
+_WRITE_BUFFER = 256 * 1024  # BlobWriter writes ciphertext in blocks of at least this much (the last one smaller)
 _FIRST_READ = 128 * 1024  # BlobReader reads this much at open: small messages need no second read
 
 
@@ -118,19 +119,22 @@ class BlobWriter:
         self._index = 0
         self._size = 0
         self._state = "open"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        self._file: BinaryIO | None = os.fdopen(fd, "wb")
-        try:
-            self._file.write(header)
-        except BaseException:
-            self.abort()
-            raise
+        # a plain descriptor and our own buffer: a small message is one write(2), and no file
+        # object (whose creation alone costs fstat, ioctl and lseek) is made per message
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        self._out = bytearray(header)
+
+    def _flush_out(self) -> None:
+        assert self._fd is not None
+        while self._out:
+            del self._out[: os.write(self._fd, self._out)]
 
     def _emit(self, plaintext: bytes | bytearray | memoryview, last: bool) -> None:
-        assert self._file is not None
-        self._file.write(self._aead.encrypt(_nonce(self._index, last), plaintext, self._aad))
+        self._out += self._aead.encrypt(_nonce(self._index, last), plaintext, self._aad)
         self._index += 1
         self._size += len(plaintext)
+        if len(self._out) >= _WRITE_BUFFER:
+            self._flush_out()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append plaintext. A chunk is sealed only once later data proves it is not the last."""
@@ -166,12 +170,12 @@ class BlobWriter:
         try:
             self._emit(self._buf, last=True)
             self._buf.clear()
-            assert self._file is not None
-            self._file.flush()
+            self._flush_out()
+            assert self._fd is not None
             if self._fsync:
-                os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+                os.fsync(self._fd)
+            fd, self._fd = self._fd, None
+            os.close(fd)
         except BaseException:
             self.abort()
             raise
@@ -187,12 +191,13 @@ class BlobWriter:
         """Discard the temp file. Idempotent; harmless after publish (the temp name is gone)."""
         self._state = "aborted"
         self._buf.clear()
-        if self._file is not None:
+        self._out.clear()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
             try:
-                self._file.close()
+                os.close(fd)
             except OSError:
                 pass
-            self._file = None
         try:
             os.unlink(self.path)
         except FileNotFoundError:

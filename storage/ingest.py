@@ -205,6 +205,9 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: the committer thread's own connection, kept between batches: no pool checkout, liveness
+        #: ping and reset per batch (dropped after any failure, so a broken one is not reused)
+        self._conn = None  # type: ignore[var-annotated]
 
     def submit(self, job: _Job) -> None:
         with self._cond:
@@ -232,11 +235,13 @@ class GroupCommitter:
                 while not self._queue and not self._closed:
                     self._cond.wait()
                 if not self._queue and self._closed:
+                    self._drop_connection()
                     return
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             try:
                 self._commit(batch)
             except BaseException as exc:  # noqa: BLE001 - isolate the job at fault
+                self._drop_connection()
                 if len(batch) == 1:
                     batch[0].error = exc
                 else:
@@ -244,9 +249,24 @@ class GroupCommitter:
                         try:
                             self._commit([job])
                         except BaseException as one:  # noqa: BLE001
+                            self._drop_connection()
                             job.error = one
             for job in batch:
                 job.done.set()
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - already broken: the pool discards it
+                pass
+
+    def _transaction(self):  # type: ignore[no-untyped-def]
+        """``Store.write()`` on the committer's kept connection (BEGIN IMMEDIATE on SQLite, as there)."""
+        if self._conn is None:
+            self._conn = self._s.engine.connect().execution_options(immediate=True)
+        return self._conn.begin()
 
     def _commit(self, batch: list[_Job]) -> None:
         store = self._s
@@ -256,7 +276,8 @@ class GroupCommitter:
         published: list[tuple[str, str]] = []
         for job in batch:
             job.report = IngestReport()
-        with store.write() as c:
+        with self._transaction():
+            c = self._conn
             q = _Sql(c)
             for job in batch:
                 for p in job.prepared:

@@ -75,6 +75,8 @@ def decode_words(value: str | None) -> str:
     """RFC 2047 decoding for search and display; never raises."""
     if not value:
         return ""
+    if "=?" not in value:  # no encoded word: the email package would hand the value back unchanged
+        return value
     try:
         return str(make_header(decode_header(value)))
     except Exception:  # noqa: BLE001 - hostile headers must not break ingest

@@ -302,7 +302,7 @@ def test_no_plaintext_on_disk(tmp_path: Path, store: BlobStore, acct: str) -> No
         for i in range(0, len(body), 1000):
             w.write(body[i : i + 1000])
             if i in (0, 100_000):
-                w._file.flush()  # type: ignore[union-attr]  # make what is "written" visible
+                w._flush_out()  # make what is "written" visible
                 assert scan() >= 1
         w.finish()
         assert store.tmp_path(acct, bid).exists()

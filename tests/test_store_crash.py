@@ -29,6 +29,7 @@ CRASH_SCRIPT = textwrap.dedent(
     store = open_store(__import__("pathlib").Path(sys.argv[1]))
     if point == "after_tmp":
         Store.write = die
+        ingest.GroupCommitter._transaction = die  # the committer's own connection: same point
     elif point == "in_transaction":
         original = ingest.index_message
         def index_then_die(*a, **k):
