@@ -4,11 +4,13 @@ The messages are chosen by the SEARCH evaluation of ``search.py`` (the same
 parser, the same evaluator, the same per-session view), then ordered in the
 session's worker thread from what is cached about each message: size and
 INTERNALDATE from the message cache, subject, addresses, sent date and
-Message-ID from the search summaries. Only THREAD=REFERENCES needs more
-(References and In-Reply-To): those come from the sealed structure record
-(never from the message file), read a slice at a time, and the Message-IDs
-found are kept in a process-wide cache bounded in bytes, so a second THREAD
-of the same mailbox reads nothing.
+Message-ID from the search summaries. THREAD=REFERENCES also needs the
+parent chain (References, else In-Reply-To): mail delivered since the
+summaries carry it (``storage.ingest.thread_links``) has it there too. Only
+for older mail (or a chain too long for the summary) does it come from the
+sealed structure record (never from the message file), read a slice at a
+time, the Message-IDs found kept in a process-wide cache bounded in bytes,
+so a second THREAD of the same mailbox reads nothing.
 """
 
 from __future__ import annotations
@@ -207,10 +209,16 @@ class Orderer:
             return
         whole = len(msgs) == len(d.uids)
         missing = []
+        d.load_summaries()  # already read for the subjects and dates: no extra query
         for t in msgs:
             m = d.msg(t.index)
             if m is None:
                 whole = False
+                continue
+            s = m.summary
+            if s is not None and "references" in s:  # summaries written since the chain is kept there
+                chain, irt = s["references"], s.get("in_reply_to")
+                t.refs = tuple(chain) if chain else ((irt,) if irt else ())
                 continue
             got = REFS.get(m.blob_id)
             if got is None:

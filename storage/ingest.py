@@ -19,6 +19,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,29 @@ def _sent_date(value: str | None) -> float | None:
         return None
 
 
+# The parent chain THREAD=REFERENCES uses (RFC 5256), kept in the summary so a THREAD need not
+# parse each message's whole structure record. Same reading as imapd/threading_refs.py
+# (its regex, its 64 KiB and 2,000-character windows, its last-100 rule), with tighter bounds on
+# what is stored: a chain that does not fit is left out, and THREAD reads it as before.
+_MSGID = re.compile(r"<([^<>\s]{1,500})>")
+MAX_REFS = 100  # message-ids kept of a References field: the last ones
+MAX_REF_CHARS = 250  # characters of one kept message-id
+MAX_REFS_TOTAL = 8192  # characters of the whole kept chain
+
+
+def thread_links(hdr: dict, env: dict) -> dict:
+    """``{"in_reply_to": id | None, "references": [ids]}`` for the summary; ``{}`` if over the bounds."""
+    refs = hdr.get("references")
+    chain = _MSGID.findall(refs[:64 * 1024])[-MAX_REFS:] if refs else []
+    irt_value = env.get("in-reply-to")
+    m = _MSGID.search(irt_value[:2000]) if irt_value else None
+    irt = m.group(1) if m else None
+    if (irt is not None and len(irt) > MAX_REF_CHARS) or any(len(r) > MAX_REF_CHARS for r in chain) \
+            or sum(len(r) for r in chain) > MAX_REFS_TOTAL:
+        return {}
+    return {"in_reply_to": irt, "references": chain}
+
+
 def summarise(meta: dict) -> dict:
     env = meta["env"]
     return {
@@ -77,6 +101,7 @@ def summarise(meta: dict) -> dict:
         "bcc": decode_words(env.get("bcc")).casefold(),
         "sent": _sent_date(env.get("date")),
         "message_id": env.get("message-id"),
+        **thread_links(meta.get("hdr") or {}, env),
     }
 
 
