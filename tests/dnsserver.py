@@ -36,6 +36,10 @@ def _txt(value: str) -> str:
 
 
 class FakeDNS:
+    def overrides(self, timeout: float = 2) -> dict:
+        """The appliance.toml keys that make an instance resolve through this server."""
+        return {"dns.resolvers": [self.host], "dns.port": self.port, "dns.timeout": timeout}
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ttl: int = 1, negative_ttl: int = 1) -> None:
         self.ttl = ttl
         self.negative_ttl = negative_ttl

@@ -24,6 +24,13 @@ def inbox(store: Any, email: str, mailbox: str = "INBOX") -> list[bytes]:
     return [store.mail.read(user, msg) for msg in store.mail.messages(mb.id)]
 
 
+def inbox_message_ids(store: Any, email: str) -> list[str]:
+    """The Message-ID of every message in the user's INBOX, from the index (nothing decrypted but summaries)."""
+    user = store.directory.get_user(email)
+    mb = store.mail.get_mailbox(user.id, "INBOX")
+    return [s["message_id"] for s in store.mail.summaries(user, mb.id).values()]
+
+
 def message(sender: str, to: str, subject: str = "hello", body: str = "Hello there.\r\n", *,
             extra: str = "") -> bytes:
     return (

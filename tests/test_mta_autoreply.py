@@ -30,13 +30,9 @@ def fake_dns():  # type: ignore[no-untyped-def]
     server.close()
 
 
-def dns_overrides(fake_dns: FakeDNS) -> dict:
-    return {"dns.resolvers": ["127.0.0.1"], "dns.port": fake_dns.port, "dns.timeout": 2}
-
-
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory, fake_dns):  # type: ignore[no-untyped-def]
-    inst = create_test_instance(tmp_path_factory.mktemp("receiver"), domain="remote.test", overrides=dns_overrides(fake_dns))
+    inst = create_test_instance(tmp_path_factory.mktemp("receiver"), domain="remote.test", overrides=fake_dns.overrides())
     store = inst.store()
     srv = Server(inst, services=["mta"])
     yield inst, store
@@ -58,7 +54,7 @@ def peer(fake_dns, receiver):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory, fake_dns, receiver, peer):  # type: ignore[no-untyped-def]
-    overrides = {**dns_overrides(fake_dns), "queue.hold": False, "queue.remote_port": receiver[0].ports["mx"],
+    overrides = {**fake_dns.overrides(), "queue.hold": False, "queue.remote_port": receiver[0].ports["mx"],
                  "queue.retry_base": 1, "queue.retry_max": 2, "queue.connect_timeout": 2, "queue.command_timeout": 10,
                  "smtp.directory_cache_ttl": "0s"}
     inst = create_test_instance(tmp_path_factory.mktemp("ours"), overrides=overrides)

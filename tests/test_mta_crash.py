@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import Server, create_test_instance
-from mtakit import inbox, message
+from mtakit import inbox, inbox_message_ids, message
 
 SENDERS = 10
 RECIPIENTS = ("alice@example.test", "bob@example.test", "admin@example.test")
@@ -40,12 +40,6 @@ def sender_loop(port: int, worker: int, stop: threading.Event, acked: list[tuple
             client.close()
         except OSError:
             pass
-
-
-def stored_message_ids(store, email: str) -> list[str]:  # type: ignore[no-untyped-def]
-    user = store.directory.get_user(email)
-    mb = store.mail.get_mailbox(user.id, "INBOX")
-    return [s["message_id"] for s in store.mail.summaries(user, mb.id).values()]
 
 
 @pytest.mark.slow
@@ -78,7 +72,7 @@ def test_kill_9_during_load_loses_and_duplicates_nothing(tmp_path_factory) -> No
         try:
             counts: collections.Counter[str] = collections.Counter()
             for rcpt in RECIPIENTS:
-                counts.update(stored_message_ids(store, rcpt))
+                counts.update(inbox_message_ids(store, rcpt))
                 assert all(raw.endswith(b"Hello there.\r\n") for raw in inbox(store, rcpt))  # every file whole and readable
             acked_ids = {mid for _, mid in acked}
             missing = [mid for mid in acked_ids if counts[mid] == 0]

@@ -36,7 +36,7 @@ def fake_dns():  # type: ignore[no-untyped-def]
 def inst(tmp_path_factory, fake_dns):  # type: ignore[no-untyped-def]
     return create_test_instance(
         tmp_path_factory.mktemp("mailauth"),
-        overrides={"dns.resolvers": ["127.0.0.1"], "dns.port": fake_dns.port, "dns.timeout": 2},
+        overrides=fake_dns.overrides(),
     )
 
 

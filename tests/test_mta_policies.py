@@ -33,7 +33,7 @@ def fake_dns():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def inst(tmp_path_factory, fake_dns):  # type: ignore[no-untyped-def]
-    overrides = {"dns.resolvers": ["127.0.0.1"], "dns.port": fake_dns.port, "dns.timeout": 2, "queue.hold": False,
+    overrides = {**fake_dns.overrides(), "queue.hold": False,
                  "queue.retry_base": 1, "smtp.directory_cache_ttl": "0s", "smtp.max_message_size": CONFIG_SIZE,
                  "limits.outbound_failures_per_hour": 3}
     i = create_test_instance(tmp_path_factory.mktemp("policies"), overrides=overrides)

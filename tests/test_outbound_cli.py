@@ -163,7 +163,7 @@ def test_mail_of_a_frozen_account_is_held_until_the_freeze_is_lifted(inst, store
 
 def test_dkim_show_and_rotate(tmp_path_factory, fake_dns) -> None:  # type: ignore[no-untyped-def]
     inst = create_test_instance(tmp_path_factory.mktemp("dkim"), demo=False,
-                                overrides={"dns.resolvers": ["127.0.0.1"], "dns.port": fake_dns.port, "dns.timeout": 1})
+                                overrides=fake_dns.overrides(timeout=1))
     keys = inst.path / "keys"
     shown = cli_json(inst, "dkim", "show", "example.test")
     assert shown["active"] == "s1" and {k["selector"] for k in shown["keys"]} == {"s1", "s1r"}

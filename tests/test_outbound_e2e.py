@@ -22,7 +22,7 @@ import time
 import pytest
 from conftest import Server, create_test_instance
 from dnsserver import FakeDNS
-from mtakit import inbox, message, mx_client, new_user, submission_client
+from mtakit import inbox, inbox_message_ids, message, mx_client, new_user, submission_client
 from outboundkit import Peer, wait_for
 
 from mta.dkimsign import describe
@@ -35,13 +35,9 @@ def fake_dns():  # type: ignore[no-untyped-def]
     server.close()
 
 
-def dns_overrides(fake_dns: FakeDNS) -> dict:
-    return {"dns.resolvers": ["127.0.0.1"], "dns.port": fake_dns.port, "dns.timeout": 2}
-
-
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory, fake_dns):  # type: ignore[no-untyped-def]
-    inst = create_test_instance(tmp_path_factory.mktemp("receiver"), domain="remote.test", overrides=dns_overrides(fake_dns))
+    inst = create_test_instance(tmp_path_factory.mktemp("receiver"), domain="remote.test", overrides=fake_dns.overrides())
     store = inst.store()
     for d in ("fallback.test", "amx.test", "bulk.test"):
         store.directory.add_domain(d)
@@ -78,7 +74,7 @@ def routes(fake_dns, receiver):  # type: ignore[no-untyped-def]
 
 
 def sender_overrides(fake_dns: FakeDNS, port: int, **extra: object) -> dict:
-    return {**dns_overrides(fake_dns), "queue.hold": False, "queue.remote_port": port, "queue.retry_base": 1,
+    return {**fake_dns.overrides(), "queue.hold": False, "queue.remote_port": port, "queue.retry_base": 1,
             "queue.retry_max": 2, "queue.connect_timeout": 2, "queue.command_timeout": 10, **extra}
 
 
@@ -275,12 +271,6 @@ def _sender_loop(port: int, worker: int, stop: threading.Event, acked: list[str]
             pass
 
 
-def stored_ids(store, address: str) -> list[str]:  # type: ignore[no-untyped-def]
-    user = store.directory.get_user(address)
-    mb = store.mail.get_mailbox(user.id, "INBOX")
-    return [s["message_id"] for s in store.mail.summaries(user, mb.id).values()]
-
-
 @pytest.mark.slow
 def test_kill_9_with_1000_queued_delivers_each_exactly_once(tmp_path_factory, fake_dns, routes, receiver) -> None:  # type: ignore[no-untyped-def]
     """1,000+ messages queued (port 25, to a group whose member is remote) while the remote MX refuses
@@ -291,7 +281,7 @@ def test_kill_9_with_1000_queued_delivers_each_exactly_once(tmp_path_factory, fa
     store.directory.add_group_member("relay@example.test", "bulk@bulk.test")
     store.close()
     r_store = receiver[1]
-    before = set(stored_ids(r_store, "bulk@bulk.test"))
+    before = set(inbox_message_ids(r_store, "bulk@bulk.test"))
     fake_dns.set("mx.bulk.test", "A", "127.0.0.5")  # the peer is down: connections are refused
     srv = Server(inst, services=["mta"])
     acked: list[str] = []
@@ -315,9 +305,9 @@ def test_kill_9_with_1000_queued_delivers_each_exactly_once(tmp_path_factory, fa
     fake_dns.set("mx.bulk.test", "A", "127.0.0.1")  # the peer is up
     srv = Server(inst, services=["mta"])
     try:
-        wait_for(lambda: acked_ids <= set(stored_ids(r_store, "bulk@bulk.test")), 90, 0.5)
+        wait_for(lambda: acked_ids <= set(inbox_message_ids(r_store, "bulk@bulk.test")), 90, 0.5)
         time.sleep(2)  # anything sent twice would arrive by now
-        counts = collections.Counter(i for i in stored_ids(r_store, "bulk@bulk.test") if i not in before)
+        counts = collections.Counter(i for i in inbox_message_ids(r_store, "bulk@bulk.test") if i not in before)
         duplicated = [i for i, n in counts.items() if n > 1]
         assert not duplicated, f"{len(duplicated)} sent twice, e.g. {duplicated[:3]}"
         assert len(set(counts) - acked_ids) <= len(threads)  # at most the one unacknowledged in flight per client

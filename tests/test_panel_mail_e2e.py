@@ -38,8 +38,7 @@ def fake_dns():  # type: ignore[no-untyped-def]
 def inst(tmp_path_factory, fake_dns):  # type: ignore[no-untyped-def]
     from installer.dnsrecords import dkim_keys
 
-    inst = create_test_instance(tmp_path_factory.mktemp("panelmail"), overrides={
-        "dns.resolvers": ["127.0.0.1"], "dns.port": fake_dns.port, "dns.timeout": "2s"})
+    inst = create_test_instance(tmp_path_factory.mktemp("panelmail"), overrides=fake_dns.overrides())
     # example.test publishes MX, SPF, DMARC and an address; not its DKIM key; a wrong MTA-STS record
     fake_dns.set("example.test", "MX", "10 mail.example.test.")
     fake_dns.set("example.test", "TXT", "v=spf1 mx -all")
