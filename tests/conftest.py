@@ -39,9 +39,20 @@ FAST_AUTH = {
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are picked, so the
+    kernel cannot hand the same port out twice (one at a time, it sometimes did)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -78,7 +89,7 @@ def run_cli(*args: str, input: bytes | None = None, check: bool = False, env: di
 def create_test_instance(path: Path, *, domain: str = "example.test", overrides: dict | None = None, demo: bool = True) -> Instance:
     from appliance.instance import create_instance
 
-    ports = {name: free_port() for name in PROTOCOLS}
+    ports = dict(zip(PROTOCOLS, free_ports(len(PROTOCOLS)), strict=True))
     listeners = {
         name: {"protocol": proto, "bind": f"127.0.0.1:{ports[name]}", "tls": tls} for name, (proto, tls) in PROTOCOLS.items()
     }
